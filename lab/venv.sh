@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The controller's Python environment (.venv) from the pinned requirements.
+# Re-installs only when requirements.txt changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+echo "preparing the Python environment (.venv)"
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -r requirements.txt
+echo "$want" > "$stamp"
