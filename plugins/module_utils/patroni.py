@@ -618,7 +618,8 @@ def wait_for_new_leader(
         waiting_for=f"a new running leader other than {old_leader}",
     )
     leader = leader_member(cluster)
-    assert leader is not None
+    if leader is None:  # new_leader_running() only accepts clusters with a leader
+        raise PatroniError("cluster lost its leader while waiting", endpoint="/cluster", method="GET")
     return cluster, leader, time.monotonic() - started
 
 

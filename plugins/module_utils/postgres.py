@@ -81,7 +81,8 @@ def connect(kwargs: t.Dict[str, t.Any]) -> t.Any:
     ``prepare_threshold=None`` never prepares statements server side; none of
     our queries repeat, and PgBouncer in transaction mode cannot keep them.
     """
-    assert psycopg is not None
+    if psycopg is None:  # callers check with require_psycopg() first
+        raise RuntimeError("psycopg is not installed")
     return psycopg.connect(autocommit=True, prepare_threshold=None, row_factory=dict_row, **kwargs)
 
 

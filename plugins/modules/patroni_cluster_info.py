@@ -14,7 +14,7 @@ description:
   - Never changes anything.
 version_added: 0.1.0
 author:
-  - neurondb.ha developers
+  - neurondb.ha developers (!UNKNOWN)
 options:
   history:
     description:

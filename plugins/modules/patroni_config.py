@@ -14,7 +14,7 @@ description:
     O(restart_pending=true), restarts them one at a time, replicas first and the leader last.
 version_added: 0.1.0
 author:
-  - neurondb.ha developers
+  - neurondb.ha developers (!UNKNOWN)
 options:
   config:
     description:

@@ -19,7 +19,7 @@ description:
   - Idempotent - when O(candidate) already leads, nothing is done.
 version_added: 0.1.0
 author:
-  - neurondb.ha developers
+  - neurondb.ha developers (!UNKNOWN)
 options:
   candidate:
     description:
@@ -368,13 +368,13 @@ def execute(
     if leader["role"] == "leader" and leader["timeline"] is not None:
         min_timeline = leader["timeline"] + 1  # promotion starts a new timeline (not in standby clusters)
     try:
-        _, new_leader, _ = wait_for_new_leader(
+        new_leader = wait_for_new_leader(
             client,
             leader["name"],
             timeout=p["wait_timeout"],
             interval=p["poll_interval"],
             min_timeline=min_timeline,
-        )
+        )[1]
     except PatroniTimeoutError as exc:
         module.fail_json(
             msg=f"Switchover outcome unknown ({message}); {exc.reason}. The request may still be pending in the DCS.",

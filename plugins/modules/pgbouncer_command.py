@@ -15,7 +15,7 @@ description:
   - C(SHOW) commands return their rows.
 version_added: 0.1.0
 author:
-  - neurondb.ha developers
+  - neurondb.ha developers (!UNKNOWN)
 options:
   command:
     description:
@@ -172,7 +172,8 @@ def connect(p: t.Dict[str, t.Any]) -> t.Any:
     ClientCursor: queries without parameters go out as simple queries, which
     is all the console understands; autocommit: no BEGIN/COMMIT is sent.
     """
-    assert psycopg is not None
+    if psycopg is None:  # main() checked; keeps the name defined for type checkers
+        raise RuntimeError("psycopg is not installed")
     kwargs = dict(
         host=p["login_host"],
         port=p["login_port"],
@@ -254,7 +255,8 @@ def main() -> None:
                     module.exit_json(msg=reason, **result)
 
             if module.check_mode and command in STATE_CHANGING:
-                module.exit_json(msg=f"would run {query}", **dict(result, changed=True))
+                result["changed"] = True
+                module.exit_json(msg=f"would run {query}", **result)
 
             try:
                 run(conn, query)

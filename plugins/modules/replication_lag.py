@@ -18,7 +18,7 @@ description:
   - Never changes anything.
 version_added: 0.1.0
 author:
-  - neurondb.ha developers
+  - neurondb.ha developers (!UNKNOWN)
 options:
   max_lag_bytes:
     description:

@@ -135,6 +135,7 @@ class FakeCluster:
         self.restart_parameters = ("max_connections", "shared_buffers")
         self.pending_delay = 0.2
         self._threads: t.List[threading.Thread] = []
+        self.events: t.List[t.Tuple[str, str]] = []  # ('restart'|'settled', member), in order
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -282,11 +283,13 @@ class FakeCluster:
         with self.lock:
             member.state = "starting"
             member.restarts += 1
+            self.events.append(("restart", member.name))
 
         def settle() -> None:
             with self.lock:
                 member.state = "running" if member.role == "leader" else "streaming"
                 member.pending_restart = False
+                self.events.append(("settled", member.name))
 
         self._later(self.restart_settle, settle)
 

@@ -51,7 +51,7 @@ class SilentServer:
     def _loop(self) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except OSError:
                 return
             self.accepted += 1
@@ -255,7 +255,8 @@ def test_wait_for_new_leader_times_out_with_last_seen_state(fake_cluster: FakeCl
 cryptography = pytest.importorskip("cryptography")
 
 
-def _make_cert(tmp_path: t.Any, name: str, issuer: t.Any = None, ca: bool = False) -> t.Tuple[t.Any, t.Any, str, str]:
+def _make_cert(tmp_path: t.Any, name: str, issuer: t.Any = None, ca: bool = False) -> t.Dict[str, t.Any]:
+    """Certificate and key signed by ``issuer`` (a _make_cert result), self-signed without; written as PEM."""
     import datetime
     import ipaddress
 
@@ -266,8 +267,8 @@ def _make_cert(tmp_path: t.Any, name: str, issuer: t.Any = None, ca: bool = Fals
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_cert, issuer_key = (issuer["cert"], issuer["key"]) if issuer else (None, key)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -297,51 +298,59 @@ def _make_cert(tmp_path: t.Any, name: str, issuer: t.Any = None, ca: bool = Fals
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
-    return cert, key, str(cert_path), str(key_path)
+    return {"cert": cert, "key": key, "cert_path": str(cert_path), "key_path": str(key_path)}
 
 
 @pytest.fixture
-def tls_cluster(tmp_path: t.Any) -> t.Iterator[t.Tuple[FakeCluster, str, str, str]]:
+def tls_cluster(tmp_path: t.Any) -> t.Iterator[t.Dict[str, t.Any]]:
     """db1 behind TLS with a certificate from a private CA, requiring client certificates."""
     import ssl
 
-    ca_cert, ca_key, ca_path, _ = _make_cert(tmp_path, "ca", ca=True)
-    _, _, server_cert, server_key = _make_cert(tmp_path, "server", issuer=(ca_cert, ca_key))
-    _, _, client_cert, client_key = _make_cert(tmp_path, "client", issuer=(ca_cert, ca_key))
+    ca = _make_cert(tmp_path, "ca", ca=True)
+    server_cert = _make_cert(tmp_path, "server", issuer=ca)
+    client_cert = _make_cert(tmp_path, "client", issuer=ca)
     cluster = FakeCluster(names=("db1",)).start()
     server = cluster.members["db1"].server
     assert server is not None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_path)
-    context.load_cert_chain(server_cert, server_key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca["cert_path"])
+    context.load_cert_chain(server_cert["cert_path"], server_cert["key_path"])
     context.verify_mode = ssl.CERT_REQUIRED
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    yield cluster, ca_path, client_cert, client_key
+    yield {
+        "port": cluster.members["db1"].port,
+        "ca_path": ca["cert_path"],
+        "client_cert": client_cert["cert_path"],
+        "client_key": client_cert["key_path"],
+    }
     cluster.stop()
 
 
-def test_tls_with_ca_and_client_certificate(tls_cluster: t.Tuple[FakeCluster, str, str, str]) -> None:
-    cluster, ca_path, client_cert, client_key = tls_cluster
-    url = f"https://localhost:{cluster.members['db1'].port}"
-    client = client_for([url], ca_path=ca_path, client_cert=client_cert, client_key=client_key)
+def test_tls_with_ca_and_client_certificate(tls_cluster: t.Dict[str, t.Any]) -> None:
+    url = f"https://localhost:{tls_cluster['port']}"
+    client = client_for(
+        [url],
+        ca_path=tls_cluster["ca_path"],
+        client_cert=tls_cluster["client_cert"],
+        client_key=tls_cluster["client_key"],
+    )
     assert client.cluster()["leader"] == "db1"
 
 
-def test_tls_unknown_ca_is_rejected_unless_validation_is_off(tls_cluster: t.Tuple[FakeCluster, str, str, str]) -> None:
-    cluster, _, client_cert, client_key = tls_cluster
-    url = f"https://127.0.0.1:{cluster.members['db1'].port}"
-    client = client_for([url], client_cert=client_cert, client_key=client_key, retries=0)
+def test_tls_unknown_ca_is_rejected_unless_validation_is_off(tls_cluster: t.Dict[str, t.Any]) -> None:
+    url = f"https://127.0.0.1:{tls_cluster['port']}"
+    cert = {"client_cert": tls_cluster["client_cert"], "client_key": tls_cluster["client_key"]}
+    client = client_for([url], retries=0, **cert)
     with pytest.raises(PatroniError) as caught:
         client.cluster()
     assert "TLS certificate verification failed" in caught.value.reason
-    lax = client_for([url], client_cert=client_cert, client_key=client_key, validate_certs=False)
+    lax = client_for([url], validate_certs=False, **cert)
     assert lax.cluster()["leader"] == "db1"
 
 
-def test_tls_without_client_certificate_fails(tls_cluster: t.Tuple[FakeCluster, str, str, str]) -> None:
-    cluster, ca_path, _, _ = tls_cluster
-    url = f"https://localhost:{cluster.members['db1'].port}"
+def test_tls_without_client_certificate_fails(tls_cluster: t.Dict[str, t.Any]) -> None:
+    url = f"https://localhost:{tls_cluster['port']}"
     with pytest.raises(PatroniError) as caught:
-        client_for([url], ca_path=ca_path, retries=0).cluster()
+        client_for([url], ca_path=tls_cluster["ca_path"], retries=0).cluster()
     assert caught.value.url == url
     assert caught.value.status is None
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The test suite: `make test` (README) and CI (.ci/run) both run this.
+#   tests/run.sh            every suite
+#   tests/run.sh lint unit  only those suites (lint, unit, sanity, molecule)
+# Installs what it needs: the Docker engine, the lab image, the venv.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+# Random secrets for the Molecule scenarios' throw-away clusters.
+NEURONDB_TEST_SEED="${NEURONDB_TEST_SEED:-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')}"
+export NEURONDB_TEST_SEED
+
+suites=("$@")
+[[ ${#suites[@]} -eq 0 ]] && suites=(lint unit sanity molecule)
+
+passed=0
+failed=0
+failed_names=()
+
+run_suite() {
+  local name=$1
+  shift
+  local start
+  start=$(date +%s)
+  echo "=== $name"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "=== $name: passed in $(( $(date +%s) - start )) s"
+  else
+    failed=$((failed + 1))
+    failed_names+=("$name")
+    echo "=== $name: FAILED in $(( $(date +%s) - start )) s"
+  fi
+}
+
+lint() {
+  yamllint --strict . &&
+    ansible-lint --profile production &&
+    ruff check . &&
+    ruff format --check .
+}
+
+unit() {
+  pytest tests/unit -q
+}
+
+sanity() {
+  bash tests/sanity.sh
+}
+
+molecule_scenarios() {
+  bash lab/docker.sh && bash lab/build-image.sh || return 1
+  local rc=0
+  for scenario in ${NEURONDB_MOLECULE_SCENARIOS:-default}; do
+    molecule test -s "$scenario" || rc=1
+  done
+  return $rc
+}
+
+bash lab/venv.sh || { echo "could not prepare the Python environment"; exit 1; }
+
+for suite in "${suites[@]}"; do
+  case "$suite" in
+    lint) run_suite lint lint ;;
+    unit) run_suite unit unit ;;
+    sanity) run_suite sanity sanity ;;
+    molecule) run_suite molecule molecule_scenarios ;;
+    *) echo "unknown suite: $suite (lint, unit, sanity, molecule)"; exit 2 ;;
+  esac
+done
+
+[[ $failed -gt 0 ]] && echo "failed suites: ${failed_names[*]}"
+echo "suites: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
