@@ -102,10 +102,10 @@ def test_reads_move_on_after_5xx(fake_cluster: FakeCluster, broken_member: str) 
 def test_reads_retry_until_member_comes_up() -> None:
     port = free_port()
     late = FakeCluster(names=("db9",), leader="db9")
-    timer = threading.Timer(0.3, lambda: late.start(ports={"db9": port}))
-    timer.start()
     client = client_for([f"http://127.0.0.1:{port}"], retries=5, retry_delay=0.1)
+    timer = threading.Timer(0.3, lambda: late.start(ports={"db9": port}))
     started = time.monotonic()
+    timer.start()
     try:
         assert client.cluster()["leader"] == "db9"
     finally:

@@ -75,8 +75,9 @@ def test_waits_until_replicas_catch_up(
     result, failed = run_module(replication_lag.main, args)
     catch_up.join()
     assert not failed
-    assert 0.3 <= result["waited"] < 5
-    assert len(fake_cluster.calls("GET", "/cluster")) >= 3
+    # It saw the lag, polled again, and stopped as soon as db2 caught up.
+    assert 0 < result["waited"] < 4
+    assert len(fake_cluster.calls("GET", "/cluster")) >= 2
 
 
 def test_wait_gives_up_after_timeout(
