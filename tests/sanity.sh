@@ -87,5 +87,29 @@ targets=(plugins/ tests/)
 started=$SECONDS
 status=0
 "$ansible_test" sanity --local --python "$python_version" --color no "$@" "${targets[@]}" || status=$?
+
+# Modules also run on the managed hosts (Debian trixie: Python 3.13), so they
+# must at least compile, and import with nothing but ansible-core, there too.
+# Interpreters are taken from PATH or, when pyenv has them installed but not
+# active, linked into a private bin directory (only pythonX.Y, nothing else).
+extra_bin=$work/bin
+mkdir -p "$extra_bin"
+PATH="$extra_bin:$PATH"
+find_python() {
+  local version=$1 candidate
+  "python$version" -c '' 2>/dev/null && return 0
+  command -v pyenv >/dev/null || return 1
+  candidate=$(printf '%s\n' "$(pyenv root)/versions/$version".*/bin/"python$version" | sort -V | tail -n 1)
+  [[ -x $candidate ]] || return 1
+  ln -sf "$candidate" "$extra_bin/python$version"
+}
+if [[ $# -eq 0 ]]; then
+  for version in 3.9 3.10 3.12 3.13; do
+    find_python "$version" || { echo "python$version not found: compile test skipped for it"; continue; }
+    tests=(--test compile)
+    [[ $version == 3.13 ]] && tests+=(--test import)
+    "$ansible_test" sanity --local --python "$version" --color no "${tests[@]}" "${targets[@]}" || status=$?
+  done
+fi
 echo "ansible-test sanity finished with status $status in $((SECONDS - started))s"
 exit "$status"

@@ -178,18 +178,26 @@ def _reason_from_body(text: str) -> str:
     return ""
 
 
-def _describe_transport_error(exc: BaseException, timeout: float) -> str:
+def _describe_transport_error(exc: BaseException, timeout: float, delivered: bool) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve host name ({exc})"
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return f"no answer within {timeout}s (timeout)"
+        return f"no answer within {timeout}s (timeout)" if delivered else f"cannot connect within {timeout}s (timeout)"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed ({exc.verify_message}); check ca_path or validate_certs"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({exc}); check ca_path, client_cert and client_key"
     if isinstance(exc, http.client.RemoteDisconnected):
         return "connection closed without an answer"
     return str(exc) or exc.__class__.__name__
+
+
+def _rejected_by_tls(exc: BaseException) -> bool:
+    """A TLS alert from the server (e.g. certificate required, TLS 1.3 sends it
+    after the handshake) means the HTTP request was never processed."""
+    return isinstance(exc, ssl.SSLError) and "ALERT" in str(getattr(exc, "reason", "") or "")
 
 
 class PatroniClient:
@@ -258,18 +266,19 @@ class PatroniClient:
         except HTTPError as exc:
             try:
                 text = exc.read().decode("utf-8", "replace")
-            except Exception:  # the error body is best-effort only
+            except (OSError, http.client.HTTPException):  # the error body is best-effort only
                 text = ""
             return PatroniResponse(exc.code, text, url)
         except URLError as exc:
             # urllib wraps failures of connect/TLS handshake/sending in
             # URLError; the response was not read yet, so Patroni did not act.
             reason = exc.reason if isinstance(exc.reason, BaseException) else URLError(exc.reason)
-            raise _TransportError(_describe_transport_error(reason, timeout), delivered=False) from exc
+            raise _TransportError(_describe_transport_error(reason, timeout, False), delivered=False) from exc
         except (OSError, http.client.HTTPException) as exc:
             # Failures while waiting for/reading the answer: the request was
             # sent and may have been acted upon.
-            raise _TransportError(_describe_transport_error(exc, timeout), delivered=True) from exc
+            delivered = not _rejected_by_tls(exc)
+            raise _TransportError(_describe_transport_error(exc, timeout, delivered), delivered=delivered) from exc
 
     def _sleep_before(self, attempt: int) -> None:
         if attempt:

@@ -41,7 +41,7 @@ options:
         V(2025-01-10T02:00:00+00:00).
       - Patroni checks the candidate's health only when the time comes, so the module then checks only that the
         candidate exists, is a replica and may be promoted, and does not pick a candidate when none is given.
-      - Scheduling the same switchover again reports no change.
+      - Scheduling the same switchover again reports no change. Cannot be combined with O(checkpoint=true).
     type: str
   checkpoint:
     description:
@@ -168,7 +168,7 @@ patroni_message:
   sample: Successfully switched over to "db2"
 candidates:
   description: Every replica with the reasons it may not be promoted (empty list when eligible).
-  returned: always, when the cluster could be read
+  returned: when the replicas were checked, also when the module refuses because of them
   type: dict
   sample: {"db2": [], "db3": ["state is starting, not streaming"]}
 """
@@ -206,6 +206,10 @@ from ansible_collections.neurondb.ha.plugins.module_utils.postgres import (
 
 class Refused(Exception):
     """The switchover is not safe or not possible; nothing was changed."""
+
+    def __init__(self, reason: str, candidates: t.Dict[str, t.List[str]] | None = None) -> None:
+        super().__init__(reason)
+        self.candidates = candidates
 
 
 def ineligibility(
@@ -296,7 +300,7 @@ def plan(
         if member is None:
             raise Refused(f"candidate {candidate} is not a member of the cluster")
         if candidates[candidate]:
-            raise Refused(f"candidate {candidate} is not eligible: {'; '.join(candidates[candidate])}")
+            raise Refused(f"candidate {candidate} is not eligible: {'; '.join(candidates[candidate])}", candidates)
         chosen: Member | None = member
     elif when:
         chosen = None  # Patroni picks when the time comes
@@ -304,7 +308,7 @@ def plan(
         eligible = sorted((m for m in replicas if not candidates[m["name"]]), key=rank)
         if not eligible:
             detail = "; ".join(f"{name}: {', '.join(why)}" for name, why in candidates.items()) or "no replicas"
-            raise Refused(f"no replica is eligible ({detail})")
+            raise Refused(f"no replica is eligible ({detail})", candidates)
         chosen = eligible[0]
     return {
         "action": "schedule" if when else "switchover",
@@ -433,7 +437,8 @@ def main() -> None:
             scheduled_at=p["scheduled_at"],
         )
     except Refused as exc:
-        module.fail_json(msg=f"Switchover refused: {exc}")
+        extra = {"candidates": exc.candidates} if exc.candidates is not None else {}
+        module.fail_json(msg=f"Switchover refused: {exc}", **extra)
     except PatroniError as exc:
         module.fail_json(msg=str(exc), error=exc.as_dict())
 

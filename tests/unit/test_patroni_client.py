@@ -349,10 +349,16 @@ def test_tls_unknown_ca_is_rejected_unless_validation_is_off(tls_cluster: t.Dict
 
 def test_tls_without_client_certificate_fails(tls_cluster: t.Dict[str, t.Any]) -> None:
     url = f"https://localhost:{tls_cluster['port']}"
+    client = client_for([url], ca_path=tls_cluster["ca_path"], retries=0)
     with pytest.raises(PatroniError) as caught:
-        client_for([url], ca_path=tls_cluster["ca_path"], retries=0).cluster()
+        client.cluster()
     assert caught.value.url == url
     assert caught.value.status is None
+    assert caught.value.reason.startswith("TLS error (")
+    # Rejected at the TLS layer: Patroni never saw the request, whatever TLS version.
+    with pytest.raises(PatroniError) as caught:
+        client.action("POST", "/restart", {}, url=url)
+    assert caught.value.outcome_unknown is False
 
 
 def test_unreadable_client_certificate_fails_early(tmp_path: t.Any) -> None:

@@ -138,6 +138,7 @@ def test_no_eligible_replica_lists_reasons(
     result, failed = run_module(patroni_switchover.main, args)
     assert failed
     assert "no replica is eligible (db2: state is stopped, not streaming; db3: tagged nofailover)" in result["msg"]
+    assert result["candidates"] == {"db2": ["state is stopped, not streaming"], "db3": ["tagged nofailover"]}
 
 
 def test_status_unknown_is_resolved_by_watching_the_cluster(

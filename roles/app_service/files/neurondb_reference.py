@@ -20,7 +20,21 @@ the configuration comes from the environment, with the names the real services u
                   optional read-only path (e.g. a PgBouncer alias for the replicas)
     JWT_SECRET    api only, required
     NEURONAGENT_ENDPOINT  api only: base URL of the agent tier
-    NEURONMCP_HTTP_ENABLED, NEURONMCP_HTTP_ADDR  mcp only: HTTP transport and host:port
+    NEURONMCP_HTTP_ENABLED, NEURONMCP_HTTP_ADDR  mcp only: HTTP transport (default
+                  true; false speaks JSON-RPC on stdin/stdout) and its host:port,
+                  which takes precedence over SERVER_HOST/SERVER_PORT
+
+Endpoints (every answer carries X-NeuronDB-Instance and X-Request-ID):
+
+    all       GET /metrics (Prometheus text)
+    agent     GET /health (SELECT 1: 200 or 503)
+    api       GET /health, GET /api/v1/health (static 200), GET /api/v1/ready
+              (SELECT 1), GET /api/v1/agent/health (the agent's /health, passed through)
+    agent+api POST /api/v1/probe {"payload": "..."} -> 201 {"id", "instance", ...};
+              GET /api/v1/probe/<id>[?replica=1] -> 200 or 404
+    frontend  GET / (HTML naming the instance), GET /health (static 200)
+    mcp       GET /health (SELECT 1), POST /mcp (JSON-RPC 2.0: initialize, ping,
+              tools/list, tools/call sql_ping)
 
 Only the standard library and psycopg 3 (Debian's python3-psycopg) are used.
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a runtime failure such
@@ -37,6 +51,7 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -49,12 +64,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
-try:
-    import psycopg
-    from psycopg import errors as pg_errors
-    from psycopg.pq import TransactionStatus
-except ImportError:  # The frontend needs no database; DB kinds check this at start-up.
-    psycopg = None  # type: ignore[assignment]
+# psycopg is imported by load_psycopg() only for the kinds with a database: the
+# frontend runs without it, and configuration errors are reported without waiting
+# for its import (half a second).
+psycopg: Any = None
+pg_errors: Any = None
+TransactionStatus: Any = None
 
 VERSION = "1.0.0"
 KINDS = ("agent", "api", "frontend", "mcp")
@@ -320,6 +335,7 @@ class ConnectionPool:
         helper returns its slot whenever the database finally answers. The slots
         bound the helpers, so a hung database cannot pile up threads.
         """
+        give_up = time.monotonic() + deadline
         if not self._slots.acquire(timeout=deadline):
             raise DbUnavailable(f"all {self.target.role} database connections are busy")
         done = threading.Event()
@@ -335,7 +351,7 @@ class ConnectionPool:
                 done.set()
 
         threading.Thread(target=helper, name=f"db-{self.target.role}", daemon=True).start()
-        if not done.wait(deadline):
+        if not done.wait(max(give_up - time.monotonic(), 0.0)):
             raise DbUnavailable(f"{self.target.role} database did not answer within {deadline:g} s")
         if "error" in outcome:
             raise outcome["error"]
@@ -727,7 +743,7 @@ class App:
         """(up, latency in ms, error) of SELECT 1 through pool; updates neurondb_db_up."""
         started = time.monotonic()
         try:
-            pool.run(db_ping, deadline=HEALTH_DEADLINE_S, retry_stale=True)
+            pool.run(select_one, deadline=HEALTH_DEADLINE_S, idempotent=True)
         except (DbUnavailable, psycopg.Error, RuntimeError) as exc:
             error: str | None = db_error_text(exc)
         else:
@@ -779,16 +795,30 @@ class App:
         payload = document.get("payload") if isinstance(document, dict) else None
         if not isinstance(payload, str):
             return json_response(400, {"error": "payload must be a string"})
-        instance = self.config.instance
         try:
-            # Not retried: the insert may have committed before a connection error.
-            probe_id, created_at = self.primary.run(
-                lambda conn: probe_write(conn, payload, instance), deadline=PROBE_DEADLINE_S, retry_stale=False
-            )
+            probe_id, created_at = self._write_probe(payload)
         except (DbUnavailable, psycopg.Error) as exc:
             return self._db_failure(request, exc)
-        document = {"id": probe_id, "instance": instance, "created_at": created_at.isoformat()}
+        document = {"id": probe_id, "instance": self.config.instance, "created_at": created_at.isoformat()}
         return json_response(201, document, {"Location": f"/api/v1/probe/{probe_id}"})
+
+    def _write_probe(self, payload: str) -> tuple[int, Any]:
+        """Insert a probe row, creating the table at first use."""
+        assert self.primary is not None
+        insert = insert_probe(payload, self.config.instance)
+        # Not idempotent: after a connection error the row may have been committed,
+        # and a 503 at the deadline may be followed by the commit (as with any client).
+        try:
+            return self.primary.run(insert, deadline=PROBE_DEADLINE_S, idempotent=False)
+        except pg_errors.UndefinedTable:
+            pass
+        try:
+            self.primary.run(create_probe_table, deadline=PROBE_DEADLINE_S, idempotent=True)
+        except (pg_errors.UniqueViolation, pg_errors.DuplicateTable, pg_errors.DuplicateObject):
+            # Two sessions running CREATE TABLE IF NOT EXISTS at once can both pass
+            # the existence check; the loser fails on a catalog unique index.
+            log.debug("neurondb_probe was created concurrently")
+        return self.primary.run(insert, deadline=PROBE_DEADLINE_S, idempotent=False)
 
     def handle_probe_read(self, request: Request) -> Response:
         probe_id = int(request.params["id"])
@@ -798,7 +828,9 @@ class App:
         pool = self.read if request.flag("replica") and self.read is not None else self.primary
         assert pool is not None
         try:
-            row = pool.run(lambda conn: probe_read(conn, probe_id), deadline=PROBE_DEADLINE_S, retry_stale=True)
+            row = pool.run(select_probe(probe_id), deadline=PROBE_DEADLINE_S, idempotent=True)
+        except pg_errors.UndefinedTable:
+            row = None  # no probe was ever written
         except (DbUnavailable, psycopg.Error) as exc:
             return self._db_failure(request, exc)
         if row is None:
@@ -931,6 +963,8 @@ class RequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = CLIENT_SOCKET_TIMEOUT_S
     server: ReferenceHTTPServer
+    request_id: str | None = None
+    _identity_sent = False
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -939,11 +973,18 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def end_headers(self) -> None:
         # Also reached by http.server's own error replies (bad request line, 501...).
-        if not getattr(self, "_identity_sent", False):
+        if not self._identity_sent:
             self._identity_sent = True
             self.send_header("X-NeuronDB-Instance", self.server.app.config.instance)
-            self.send_header("X-Request-ID", getattr(self, "request_id", None) or uuid.uuid4().hex)
+            self.send_header("X-Request-ID", self._request_id())
         super().end_headers()
+
+    def _request_id(self) -> str:
+        """Set by _dispatch; for http.server's own replies, from the headers when parsed."""
+        if self.request_id is None:
+            headers = getattr(self, "headers", None)
+            self.request_id = pick_request_id(headers.get("X-Request-ID") if headers is not None else None)
+        return self.request_id
 
     def version_string(self) -> str:
         return self.server_version
@@ -1005,7 +1046,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         length = int(raw)
         if length > MAX_BODY_BYTES:
             return b"", json_response(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
-        return self.rfile.read(length), None
+        try:
+            return self.rfile.read(length), None
+        except (TimeoutError, ConnectionError):
+            return b"", json_response(408, {"error": "the request body did not arrive"})
 
     def _send(self, response: Response) -> None:
         try:
@@ -1032,6 +1076,12 @@ class ReferenceHTTPServer(ThreadingHTTPServer):
         self.app = app
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, RequestHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the bind address with getfqdn, a reverse DNS
+        # lookup that can stall start-up for seconds; the name is never used here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 def notify_systemd(state: str) -> None:
@@ -1114,6 +1164,19 @@ def serve_stdio(app: App) -> int:
     return EXIT_OK
 
 
+def load_psycopg() -> bool:
+    """Import psycopg into the module globals; False when it is not installed."""
+    global psycopg, pg_errors, TransactionStatus
+    try:
+        import psycopg as module
+        from psycopg import errors
+        from psycopg.pq import TransactionStatus as status
+    except ImportError:
+        return False
+    psycopg, pg_errors, TransactionStatus = module, errors, status
+    return True
+
+
 def configure_logging(config: Config, stream: Any) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s neurondb-{config.kind} %(message)s"))
@@ -1137,7 +1200,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except ConfigError as exc:
         print(f"neurondb_reference: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if config.kind in DB_KINDS and psycopg is None:
+    if config.kind in DB_KINDS and not load_psycopg():
         print(f"neurondb_reference: --kind {config.kind} needs psycopg 3 (Debian: python3-psycopg)", file=sys.stderr)
         return EXIT_CONFIG
     stdio = config.kind == "mcp" and not config.mcp_http
