@@ -57,11 +57,11 @@ def patroni_cluster(addresses: dict[str, str], tls: ssl.SSLContext) -> Callable[
 
 @pytest.fixture
 def connect(addresses: dict[str, str], hostvars: dict[str, Any]) -> Callable[..., psycopg.Connection]:
-    def open_connection(host: str, port: int = 5432, **kwargs: Any) -> psycopg.Connection:
+    def open_connection(host: str, port: int = 5432, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection:
         return psycopg.connect(
             host=addresses.get(host, host),
             port=port,
-            dbname="postgres",
+            dbname=dbname,
             user="postgres",
             password=hostvars["patroni_superuser_password"],
             sslmode="require",

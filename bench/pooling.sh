@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Throughput of the pooled path against direct connections, and of the HTTPS
+# edge, on the running lab (make lab). Prints figures; asserts nothing.
+#
+#   bench/pooling.sh [--clients N] [--duration S] [--scale N] [--http-duration S]
+#
+# pgbench runs on app1 (where the applications are) in the same run, with the
+# same clients and duration, against
+#   pooled: 127.0.0.1:6432  PgBouncer (transaction pool) → HAProxy router → primary
+#   direct: <primary>:5432  straight to the Patroni leader (TLS)
+# for the select-only and the tpcb-like scripts, then wrk drives requests
+# through Nginx to the API (static health) and the agent (one SELECT 1 each).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
+
+clients=20 duration=30 scale=20 http_duration=20
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --clients) clients=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --scale) scale=$2; shift 2 ;;
+    --http-duration) http_duration=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+inventory=inventories/lab/hosts.yml
+app=neurondb-lab-app1
+lb_address=$(ansible-inventory -i "$inventory" --host lb1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["neurondb_address"])')
+ca=lab/.state/pki/ca.crt
+
+leader=$(python3 - "$ca" <<'PY'
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+for address in ("172.29.10.11", "172.29.10.12", "172.29.10.13"):
+    try:
+        with urllib.request.urlopen(f"https://{address}:8008/cluster", context=ctx, timeout=5) as r:
+            cluster = json.load(r)
+        print(next(m["host"] for m in cluster["members"] if m["role"] == "leader"))
+        break
+    except OSError:
+        continue
+PY
+)
+[[ -n "$leader" ]] || { echo "no Patroni leader found" >&2; exit 1; }
+
+# The app role's own settings hold the password: nothing on a command line.
+run_pgbench() {  # host port label extra-args...
+  local host=$1 port=$2 label=$3
+  shift 3
+  docker exec "$app" bash -c '
+    set -a; . <(sed "s/^\(DB_PASSWORD\)=/PGPASSWORD=/" /etc/neurondb/neuronagent.env | grep ^PGPASSWORD); set +a
+    exec pgbench "$@"' pgbench -h "$host" -p "$port" -U neurondb_app -d neurondb "$@" 2>&1 |
+    awk -v label="$label" '/^tps = / {printf "%s %s\n", label, $3} /latency average/ {lat=$4} END {}'
+}
+
+(
+  flock 9
+  echo "lab bench: clients=$clients duration=${duration}s scale=$scale leader=$leader"
+  docker exec "$app" bash -c 'command -v /usr/lib/postgresql/17/bin/pgbench >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-17 >/dev/null'
+  docker exec "$app" ln -sf /usr/lib/postgresql/17/bin/pgbench /usr/local/bin/pgbench
+  echo "initialising pgbench tables (scale $scale) through PgBouncer"
+  run_pgbench 127.0.0.1 6432 init -i -q -s "$scale" >/dev/null
+
+  declare -A tps
+  for mode in select-only tpcb-like; do
+    flag=$([[ $mode == select-only ]] && echo -S || true)
+    for path in pooled direct; do
+      if [[ $path == pooled ]]; then host=127.0.0.1 port=6432; else host=$leader port=5432; fi
+      # shellcheck disable=SC2086 # $flag is empty for the default (tpcb-like) script
+      out=$(run_pgbench "$host" "$port" "$path" $flag -c "$clients" -j 2 -T "$duration" -n)
+      tps[$mode/$path]=$(awk '{print $2}' <<<"$out")
+      printf '%-12s %-7s %10.1f tps\n' "$mode" "$path" "${tps[$mode/$path]}"
+    done
+    printf '%-12s ratio   %10.2f (pooled / direct)\n' "$mode" \
+      "$(python3 -c "print(${tps[$mode/pooled]} / ${tps[$mode/direct]})")"
+  done
+
+  command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q wrk >/dev/null; }; }
+  for path in /api/v1/health /agent/health; do
+    report=$(wrk -t2 -c32 -d"${http_duration}s" "https://$lb_address$path" 2>&1)
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$report")
+    errors=$(awk '/Non-2xx/ {print $5}' <<<"$report")
+    printf 'nginx %-16s %10s req/s (wrk -t2 -c32 %ss)%s\n' "$path" "$rps" "$http_duration" "${errors:+, non-2xx: $errors}"
+  done
+) 9>/tmp/neurondb-lab.lock
