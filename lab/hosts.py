@@ -17,7 +17,9 @@ def main() -> int:
     inventory = sys.argv[1]
     raw = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-inventory"), "-i", inventory, "--list"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     data = json.loads(raw)
     hostvars = data.get("_meta", {}).get("hostvars", {})

@@ -24,8 +24,9 @@ SECRETS = {
 }
 
 
-def inventory(etcd: int = 3, postgres: int = 3, secrets: dict[str, str] | None = None,
-              duplicate: bool = False) -> dict[str, Any]:
+def inventory(
+    etcd: int = 3, postgres: int = 3, secrets: dict[str, str] | None = None, duplicate: bool = False
+) -> dict[str, Any]:
     hosts: dict[str, dict[str, Any]] = {}
     for i in range(max(etcd, postgres)):
         hosts[f"node{i}"] = {"neurondb_address": f"10.99.0.{10 + i}"}
@@ -33,8 +34,11 @@ def inventory(etcd: int = 3, postgres: int = 3, secrets: dict[str, str] | None =
         hosts["node1"]["neurondb_address"] = hosts["node0"]["neurondb_address"]
     return {
         "all": {
-            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                     **(SECRETS if secrets is None else secrets)},
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+                **(SECRETS if secrets is None else secrets),
+            },
             "children": {
                 "etcd": {"hosts": {f"node{i}": hosts[f"node{i}"] for i in range(etcd)}},
                 "postgres": {"hosts": {f"node{i}": hosts[f"node{i}"] for i in range(postgres)}},
@@ -46,11 +50,14 @@ def inventory(etcd: int = 3, postgres: int = 3, secrets: dict[str, str] | None =
 def run_site(tmp_path: Path, inv: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(inv))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_GATHERING="explicit")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_GATHERING="explicit")
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(path), str(REPO / "playbooks/site.yml")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -61,10 +68,14 @@ def run_site(tmp_path: Path, inv: dict[str, Any]) -> subprocess.CompletedProcess
         (inventory(etcd=4, postgres=3), "group 'etcd' has 4 member(s)"),
         (inventory(postgres=0), "group 'postgres' has 0 host(s)"),
         (inventory(duplicate=True), "neurondb_address is shared by several hosts: 10.99.0.10"),
-        (inventory(secrets={k: v for k, v in SECRETS.items() if k != "patroni_replication_password"}),
-         "patroni_replication_password is missing"),
-        (inventory(secrets={**SECRETS, "patroni_superuser_password": "short"}),
-         "patroni_superuser_password is missing or shorter than 12"),
+        (
+            inventory(secrets={k: v for k, v in SECRETS.items() if k != "patroni_replication_password"}),
+            "patroni_replication_password is missing",
+        ),
+        (
+            inventory(secrets={**SECRETS, "patroni_superuser_password": "short"}),
+            "patroni_superuser_password is missing or shorter than 12",
+        ),
     ],
     ids=["even-etcd-2", "even-etcd-4", "no-postgres", "duplicate-address", "missing-secret", "short-secret"],
 )
