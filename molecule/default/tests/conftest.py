@@ -41,7 +41,7 @@ def tls() -> ssl.SSLContext:
 def addresses() -> dict[str, str]:
     return {
         name: get_host(name).ansible.get_variables()["neurondb_address"]
-        for name in ("mol-db1", "mol-db2", "mol-db3", "mol-lb1")
+        for name in ("mol-db1", "mol-db2", "mol-db3", "mol-lb1", "mol-app1", "mol-app2")
     }
 
 
