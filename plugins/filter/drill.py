@@ -1,8 +1,8 @@
 """Turn a write probe's record into recovery figures (RTO, RPO, timeline).
 
 RTO is measured on the probe's own clock, so clock offsets between hosts do
-not matter: it is the gap between the last acknowledged write before the
-fault and the first acknowledged write after it. RPO counts acknowledged ids
+not matter: it is the longest gap between two consecutive acknowledged
+writes ending after the fault (the client-visible write outage). RPO counts acknowledged ids
 that are missing from the database afterwards.
 """
 
@@ -26,15 +26,22 @@ def drill_figures(summary: dict[str, Any], fault_at: float, present_ids: list[in
     except (KeyError, TypeError) as exc:
         raise AnsibleFilterError(f"drill_figures: not a probe summary: {exc}") from exc
     fault_at = float(fault_at)
-    before = [a for a in acks if a[2] <= fault_at]
-    after = [a for a in acks if a[2] > fault_at]
-    last_before = before[-1][2] if before else None
-    # The outage ends with the first write after the fault whose attempt was
-    # sent after the fault too (an attempt in flight at the fault that still
-    # committed does not prove recovery).
-    first_after = next((a[2] for a in after if a[1] >= fault_at), None)
-    rto = round(first_after - last_before, 3) if first_after is not None and last_before is not None else None
-    failed_after = [f for f in failures if f[1] >= (last_before or fault_at)]
+    # A fault may bite late (a graceful stop first checkpoints), so the outage
+    # is the longest gap between consecutive acknowledged writes that ends
+    # after the fault, not the time from the fault itself.
+    outage_start = outage_end = None
+    previous = None
+    for ack in acks:
+        if (
+            previous is not None
+            and ack[2] > fault_at
+            and (outage_start is None or ack[2] - previous[2] > outage_end - outage_start)
+        ):
+            outage_start, outage_end = previous[2], ack[2]
+        previous = ack
+    recovered = outage_end is not None
+    rto = round(outage_end - outage_start, 3) if recovered else None
+    failed_after = [f for f in failures if f[1] >= fault_at]
     present = set(int(i) for i in present_ids)
     lost = sorted(int(a[0]) for a in acks if int(a[0]) not in present)
     errors: dict[str, int] = {}
@@ -47,10 +54,10 @@ def drill_figures(summary: dict[str, Any], fault_at: float, present_ids: list[in
         "failed_attempts": len(failures),
         "failed_attempts_after_fault": len(failed_after),
         "error_kinds": errors,
-        "last_ack_before_fault": last_before,
-        "first_ack_after_fault": first_after,
+        "last_ack_before_outage": outage_start,
+        "first_ack_after_outage": outage_end,
         "rto_seconds": rto,
-        "recovered": first_after is not None,
+        "recovered": recovered,
         "lost_writes": len(lost),
         "lost_ids": lost[:50],
         "first_failure": failed_after[0][1] if failed_after else None,

@@ -33,6 +33,8 @@ Info = t.Dict[str, t.Any]
 
 BACKUP_TYPES = ("full", "diff", "incr")
 DEFAULT_WAL_SEGMENT_SIZE = 16 * 1024 * 1024
+# datetime.UTC is Python 3.11+; managed hosts may run older interpreters.
+UTC = dt.timezone.utc  # noqa: UP017
 
 
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
@@ -102,7 +104,7 @@ def parse_time(value: str) -> dt.datetime:
 def iso(epoch: t.Optional[float]) -> t.Optional[str]:
     if epoch is None:
         return None
-    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(epoch, tz=UTC).isoformat()
 
 
 # --------------------------------------------------------------------------- info JSON
@@ -439,7 +441,7 @@ def verify_offsite(client: t.Any, settings: Info, stanza: str, summary: t.Option
             result["newest_wal_key"] = best["key"]
             if isinstance(stamp, dt.datetime):
                 if stamp.tzinfo is None:
-                    stamp = stamp.replace(tzinfo=dt.timezone.utc)
+                    stamp = stamp.replace(tzinfo=UTC)
                 result["newest_wal_time"] = stamp.isoformat()
                 result["newest_wal_epoch"] = stamp.timestamp()
     return result

@@ -450,7 +450,9 @@ def main() -> None:
         settings = s3_settings(read_repo_settings(p["config"], stanza, p["repo"]), p["s3"] or {})
         missing = [name for name in ("endpoint", "bucket", "key", "key_secret") if not settings.get(name)]
         if missing:
-            module.fail_json(msg=f"S3 settings missing for the off-site check: {', '.join(missing)} (s3 option or {p['config']})")
+            module.fail_json(
+                msg=f"S3 settings missing for the off-site check: {', '.join(missing)} (s3 option or {p['config']})"
+            )
         try:
             offsite = verify_offsite(s3_client(settings), settings, stanza, summary)
         except Exception as exc:  # botocore raises many unrelated classes; each is described
