@@ -145,6 +145,7 @@ class Probe:
             "acked": len(acked),
             "failed": len(self.attempts) - len(acked),
             "last_ok": acked[-1]["acked"] if acked else None,
+            "last_failed": next((a["failed"] for a in reversed(self.attempts) if not a["ok"]), None),
             "last_attempt_ok": self.attempts[-1]["ok"] if self.attempts else None,
         }
         tmp = self.args.status + ".tmp"
