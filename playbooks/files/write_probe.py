@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -139,6 +140,10 @@ class Probe:
 
     def write_status(self, now: float) -> None:
         acked = [a for a in self.attempts if a["ok"]]
+        gap, gap_end = 0.0, None
+        for before, after in itertools.pairwise(acked):
+            if after["acked"] - before["acked"] > gap:
+                gap, gap_end = after["acked"] - before["acked"], after["acked"]
         status = {
             "time": now,
             "attempts": len(self.attempts),
@@ -147,6 +152,11 @@ class Probe:
             "last_ok": acked[-1]["acked"] if acked else None,
             "last_failed": next((a["failed"] for a in reversed(self.attempts) if not a["ok"]), None),
             "last_attempt_ok": self.attempts[-1]["ok"] if self.attempts else None,
+            # The longest stall between acknowledged writes so far, and when it
+            # ended: PgBouncer can hold clients through a short outage, which
+            # then shows as a stall instead of failed attempts.
+            "gap": gap,
+            "gap_end": gap_end,
         }
         tmp = self.args.status + ".tmp"
         Path(tmp).write_text(json.dumps(status))
