@@ -46,7 +46,7 @@ def drill_figures(summary: dict[str, Any], fault_at: float, present_ids: list[in
     lost = sorted(int(a[0]) for a in acks if int(a[0]) not in present)
     errors: dict[str, int] = {}
     for failure in failed_after:
-        key = str(failure[2]).split(":")[0]
+        key = str(failure[2]).split(":", maxsplit=1)[0]
         errors[key] = errors.get(key, 0) + 1
     return {
         "attempts": summary["attempts"],
