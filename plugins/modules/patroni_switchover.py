@@ -137,7 +137,10 @@ would_switch_to:
   type: str
   sample: db2
 timeline:
-  description: Timeline of the new leader.
+  description:
+    - Timeline of the new leader.
+    - Asked from the new leader itself (C(GET /patroni)) when C(GET /cluster) does not show it yet, as happens until
+      the new leader's next HA loop; null when neither knows it.
   returned: success and not scheduled
   type: int
   sample: 5
@@ -225,7 +228,10 @@ def ineligibility(
         return reasons  # health is only meaningful when the time comes
     if member["state"] != "streaming":
         reasons.append(f"state is {member['state']}, not streaming")
-    if leader["timeline"] is not None and member["timeline"] != leader["timeline"]:
+    if leader["timeline"] is not None and member["timeline"] is None:
+        # Patroni shows none for a moment, e.g. while the member reconnects after a switchover.
+        reasons.append(f"timeline unknown (the leader is on {leader['timeline']})")
+    elif leader["timeline"] is not None and member["timeline"] != leader["timeline"]:
         reasons.append(f"on timeline {member['timeline']}, the leader on {leader['timeline']}")
     if member["lag"] is None:
         reasons.append("lag unknown")
@@ -318,6 +324,21 @@ def plan(
     }
 
 
+def own_timeline(client: PatroniClient, member: Member) -> int | None:
+    """The timeline the member reports itself (GET /patroni).
+
+    GET /cluster shows a newly promoted leader's timeline only once the leader
+    has written its member key again in its next HA loop (up to loop_wait
+    seconds later); until then it reports none.
+    """
+    try:
+        status = client.get_json("/patroni", url=client.member_url(member), member=member["name"], retries=1)
+    except PatroniError:
+        return None
+    timeline = status.get("timeline") if isinstance(status, dict) else None
+    return timeline if isinstance(timeline, int) and not isinstance(timeline, bool) else None
+
+
 def switchover_http_timeout(config: t.Dict[str, t.Any], timeout: int) -> float:
     """Patroni holds the request while it polls, about 2 * max(10, loop_wait) s."""
     return max(float(timeout), 2 * max(10, dcs_settings(config)["loop_wait"]) + 15)
@@ -385,11 +406,15 @@ def execute(
             patroni_message=message,
             **result,
         )
+    elapsed = round(time.monotonic() - started, 3)
+    timeline = new_leader["timeline"]
+    if timeline is None:
+        timeline = own_timeline(client, new_leader)
     result.update(
         changed=True,
         new_leader=new_leader["name"],
-        timeline=new_leader["timeline"],
-        elapsed=round(time.monotonic() - started, 3),
+        timeline=timeline,
+        elapsed=elapsed,
         scheduled=False,
         patroni_message=message,
     )
