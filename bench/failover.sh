@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Recovery figures on the running lab (make lab): runs failover-drill.yml N
-# times for each fault and prints min / median / max RTO, failed write
-# attempts and lost writes per fault. Prints figures; asserts nothing (a run
-# that misses the SLO is still counted, and shown).
+# times for each fault and switchover-drill.yml N times, and prints min /
+# median / max RTO (for the switchover: the longest stall of the probe's
+# writes), failed write attempts and lost writes per fault, plus how long
+# PgBouncer held the clients during the switchovers. Prints figures; asserts
+# nothing (a run that misses the SLO is still counted, and shown).
 #
 #   bench/failover.sh [--runs N] [--faults "patroni-stop postgres-crash host-loss network-isolation"]
+#                     [--switchovers N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
 
 runs=3
+switchovers=""
 faults="patroni-stop postgres-crash host-loss network-isolation"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --faults) faults=$2; shift 2 ;;
+    --switchovers) switchovers=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -34,11 +39,19 @@ out=$(mktemp -d /tmp/neurondb-bench-failover.XXXXXX)
         >"$out/$fault-$run.log" 2>&1 || echo "   run failed, see $out/$fault-$run.log"
     done
   done
+  for run in $(seq 1 "${switchovers:-$runs}"); do
+    echo "== switchover run $run/${switchovers:-$runs}"
+    # No SLO override: a run with a failed or lost write fails (and is shown).
+    ansible-playbook -i inventories/lab/hosts.yml playbooks/switchover-drill.yml -e drill_report_dir="$out" \
+      >"$out/switchover-$run.log" 2>&1 || echo "   run failed, see $out/switchover-$run.log"
+  done
 ) 9>/tmp/neurondb-lab.lock
 
 python3 - "$out" <<'PY'
 import glob, json, statistics, sys
-reports = [json.load(open(p)) for p in sorted(glob.glob(f"{sys.argv[1]}/*.json"))]
+# <run>-switchover.json is switchover.yml's own report, folded into <run>.json.
+paths = [p for p in sorted(glob.glob(f"{sys.argv[1]}/*.json")) if not p.endswith("-switchover.json")]
+reports = [json.load(open(p)) for p in paths]
 by_fault = {}
 for r in reports:
     by_fault.setdefault(r["fault"], []).append(r)
@@ -51,5 +64,11 @@ for fault, rs in by_fault.items():
         print(f"{fault:20} {len(rs):4} {min(rto):8.2f} {statistics.median(rto):8.2f} {max(rto):8.2f} {failed:8} {lost:6}")
     else:
         print(f"{fault:20} {len(rs):4} {'-':>8} {'-':>8} {'-':>8} {failed:8} {lost:6}")
-print(f"(reports and logs in {sys.argv[1]}; failed = failed probe attempts summed over runs)")
+stalls = [float(r["switchover"]["stall_seconds"]) for r in by_fault.get("switchover", [])
+          if r["switchover"].get("stall_seconds") not in (None, "")]
+if stalls:
+    print(f"switchover: PgBouncer paused min {min(stalls):.2f} s, median {statistics.median(stalls):.2f} s, "
+          f"max {max(stalls):.2f} s over {len(stalls)} runs")
+print(f"(reports and logs in {sys.argv[1]}; RTO = longest gap between acknowledged writes; "
+      "failed = failed probe attempts summed over runs)")
 PY

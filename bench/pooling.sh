@@ -25,42 +25,22 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-inventory=inventories/lab/hosts.yml
-app=neurondb-lab-app1
-lb_address=$(ansible-inventory -i "$inventory" --host lb1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["neurondb_address"])')
-ca=lab/.state/pki/ca.crt
-
-leader=$(python3 - "$ca" <<'PY'
-import json, ssl, sys, urllib.request
-ctx = ssl.create_default_context(cafile=sys.argv[1])
-for address in ("172.29.10.11", "172.29.10.12", "172.29.10.13"):
-    try:
-        with urllib.request.urlopen(f"https://{address}:8008/cluster", context=ctx, timeout=5) as r:
-            cluster = json.load(r)
-        print(next(m["host"] for m in cluster["members"] if m["role"] == "leader"))
-        break
-    except OSError:
-        continue
-PY
-)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+lb_address=$(bench_address lb1)
+leader=$(bench_leader)
 [[ -n "$leader" ]] || { echo "no Patroni leader found" >&2; exit 1; }
 
-# The app role's own settings hold the password: nothing on a command line.
-run_pgbench() {  # host port label extra-args...
+run_pgbench() {  # host port label extra-args...: prints "label tps"
   local host=$1 port=$2 label=$3
   shift 3
-  docker exec "$app" bash -c '
-    set -a; . <(sed "s/^\(DB_PASSWORD\)=/PGPASSWORD=/" /etc/neurondb/neuronagent.env | grep ^PGPASSWORD); set +a
-    exec pgbench "$@"' pgbench -h "$host" -p "$port" -U neurondb_app -d neurondb "$@" 2>&1 |
-    awk -v label="$label" '/^tps = / {printf "%s %s\n", label, $3} /latency average/ {lat=$4} END {}'
+  bench_pgbench "$host" "$port" "$@" | awk -v label="$label" '/^tps = / {printf "%s %s\n", label, $3}'
 }
 
 (
   flock 9
   echo "lab bench: clients=$clients duration=${duration}s scale=$scale leader=$leader"
-  docker exec "$app" bash -c 'command -v /usr/lib/postgresql/17/bin/pgbench >/dev/null ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-17 >/dev/null'
-  docker exec "$app" ln -sf /usr/lib/postgresql/17/bin/pgbench /usr/local/bin/pgbench
+  bench_ensure_pgbench
   echo "initialising pgbench tables (scale $scale) through PgBouncer"
   run_pgbench 127.0.0.1 6432 init -i -q -s "$scale" >/dev/null
 

@@ -187,7 +187,12 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    probe.setup()
+    try:
+        probe.setup()
+    except psycopg.Error as exc:
+        # The drill refuses to start on this: say why in one line.
+        print(f"the probe cannot reach {args.host}:{args.port}/{args.dbname}: {str(exc).strip()}", file=sys.stderr)
+        return 3
     probe.run()
     if args.status:
         probe.write_status(time.time())

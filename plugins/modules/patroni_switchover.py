@@ -324,19 +324,30 @@ def plan(
     }
 
 
-def own_timeline(client: PatroniClient, member: Member) -> int | None:
-    """The timeline the member reports itself (GET /patroni).
+def own_timeline(
+    client: PatroniClient, member: Member, min_timeline: int | None, timeout: float, interval: float
+) -> int | None:
+    """The timeline the member reports itself (GET /patroni), waiting up to
+    ``timeout`` seconds for one of at least ``min_timeline``.
 
     GET /cluster shows a newly promoted leader's timeline only once the leader
     has written its member key again in its next HA loop (up to loop_wait
-    seconds later); until then it reports none.
+    seconds later), and the member itself knows it once PostgreSQL finished
+    promoting, a moment after Patroni took the leader lock.
     """
-    try:
-        status = client.get_json("/patroni", url=client.member_url(member), member=member["name"], retries=1)
-    except PatroniError:
-        return None
-    timeline = status.get("timeline") if isinstance(status, dict) else None
-    return timeline if isinstance(timeline, int) and not isinstance(timeline, bool) else None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = client.get_json("/patroni", url=client.member_url(member), member=member["name"], retries=0)
+        except PatroniError:
+            status = None
+        timeline = status.get("timeline") if isinstance(status, dict) else None
+        known = isinstance(timeline, int) and not isinstance(timeline, bool)
+        if known and (min_timeline is None or timeline >= min_timeline):
+            return timeline
+        if time.monotonic() + interval > deadline:
+            return None
+        time.sleep(interval)
 
 
 def switchover_http_timeout(config: t.Dict[str, t.Any], timeout: int) -> float:
@@ -409,7 +420,7 @@ def execute(
     elapsed = round(time.monotonic() - started, 3)
     timeline = new_leader["timeline"]
     if timeline is None:
-        timeline = own_timeline(client, new_leader)
+        timeline = own_timeline(client, new_leader, min_timeline, timeout=15, interval=p["poll_interval"])
     result.update(
         changed=True,
         new_leader=new_leader["name"],

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -86,3 +90,80 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             last_error = exc
         time.sleep(1)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+# -- running Ansible from the tests ---------------------------------------------------
+
+PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "..")
+)
+
+
+def ansible_command(name: str) -> str:
+    """The Ansible command beside this Python (the venv's), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.exists(beside) else name
+
+
+def ansible_env() -> dict[str, str]:
+    """The environment with this checkout's collections first."""
+    env = dict(os.environ)
+    collections = os.path.join(PROJECT, "collections")
+    paths = [p for p in env.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p and p != collections]
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([collections, *paths])
+    return env
+
+
+@dataclass
+class PlaybookRun:
+    """What ansible-playbook reported (its JSON callback), and the failures in it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+
+    @property
+    def failures(self) -> list[str]:
+        """'host: task: msg' of every failed task result, rescued ones included."""
+        found = []
+        for play in self.report.get("plays", []):
+            for task in play.get("tasks", []):
+                for host, result in task.get("hosts", {}).items():
+                    if result.get("failed"):
+                        found.append(f"{host}: {task['task']['name']}: {result.get('msg', '')}")
+        return found
+
+    def summary(self) -> str:
+        stats = self.report.get("stats")
+        return f"exit {self.returncode}; failures: {self.failures}; stats: {stats}; {self.stderr[-2000:]}"
+
+
+def run_playbook(playbook: str, extra_vars: dict[str, Any] | None = None, timeout: float = 900) -> PlaybookRun:
+    """ansible-playbook against the Molecule inventory with this checkout's
+    collections; extra_vars go in through a file (no quoting)."""
+    inventory = INVENTORY or os.path.join(EPHEMERAL, "inventory")
+    env = ansible_env()
+    env.update(
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_CALLBACKS_ENABLED="ansible.posix.json",  # and no other callback on stdout
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="molecule-vars-") as handle:
+        json.dump(extra_vars or {}, handle)
+        handle.flush()
+        run = subprocess.run(
+            [ansible_command("ansible-playbook"), "-i", inventory, playbook, "-e", f"@{handle.name}"],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    start = run.stdout.find("{")
+    try:
+        report = json.loads(run.stdout[start:]) if start >= 0 else {}
+    except ValueError:
+        output = run.stdout[-3000:] + run.stderr[-3000:]
+        pytest.fail(f"{playbook} printed no JSON report (exit {run.returncode}): {output}")
+    return PlaybookRun(run.returncode, run.stdout, run.stderr, report)

@@ -13,6 +13,9 @@ the configuration comes from the environment, with the names the real services u
     SERVER_HOST   address to bind (default 0.0.0.0)
     SERVER_PORT   port (default: agent 8080, api 8081, frontend 3000, mcp 8082)
     INSTANCE_NAME name reported in X-NeuronDB-Instance (default: the host name)
+    NEURONDB_RELEASE  label of the deployed release, e.g. set by the launcher of a
+                  packaged build; reported as "release" in the health documents, in
+                  X-NeuronDB-Release and in neurondb_reference_info (unset: not reported)
     LOG_LEVEL     debug, info, warning, error (default info)
     DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE
                   the read-write database (agent, api, mcp)
@@ -24,7 +27,8 @@ the configuration comes from the environment, with the names the real services u
                   true; false speaks JSON-RPC on stdin/stdout) and its host:port,
                   which takes precedence over SERVER_HOST/SERVER_PORT
 
-Endpoints (every answer carries X-NeuronDB-Instance and X-Request-ID):
+Endpoints (every answer carries X-NeuronDB-Instance and X-Request-ID, and
+X-NeuronDB-Release when NEURONDB_RELEASE is set):
 
     all       GET /metrics (Prometheus text)
     agent     GET /health (SELECT 1: 200 or 503)
@@ -156,6 +160,7 @@ class Config:
     port: int
     instance: str
     log_level: int
+    release: str | None = None
     primary: DbTarget | None = None
     read: DbTarget | None = None
     jwt_secret: str | None = field(default=None, repr=False)
@@ -219,6 +224,14 @@ def _instance_name(env: Mapping[str, str]) -> str:
     return name
 
 
+def _release(env: Mapping[str, str]) -> str | None:
+    release = _env(env, "NEURONDB_RELEASE")
+    # Like the instance name, it goes into a response header.
+    if release is not None and (not release.isprintable() or len(release) > 200):
+        raise ConfigError(f"NEURONDB_RELEASE={release!r} must be printable and at most 200 characters")
+    return release
+
+
 def _db_targets(env: Mapping[str, str]) -> tuple[DbTarget, DbTarget | None]:
     """The read-write target and, when DB_READ_HOST is set, the read-only one."""
     sslmode = _env(env, "DB_SSLMODE")
@@ -271,6 +284,7 @@ def load_config(kind: str, env: Mapping[str, str]) -> Config:
         "port": port,
         "instance": _instance_name(env),
         "log_level": _parse_log_level(_env(env, "LOG_LEVEL", "info") or "info"),
+        "release": _release(env),
     }
     if kind in DB_KINDS:
         config["primary"], config["read"] = _db_targets(env)
@@ -536,8 +550,9 @@ class Metrics:
 
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-    def __init__(self, kind: str, instance: str) -> None:
+    def __init__(self, kind: str, instance: str, release: str | None = None) -> None:
         self._base = {"kind": kind, "instance": instance}
+        self._info = {**self._base, "version": VERSION} | ({"release": release} if release else {})
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str], int] = {}
         self._errors: dict[tuple[str, str, str], int] = {}
@@ -584,7 +599,7 @@ class Metrics:
             f"process_start_time_seconds {self.start_time:.3f}",
             "# HELP neurondb_reference_info The reference service that answers, always 1.",
             "# TYPE neurondb_reference_info gauge",
-            f"neurondb_reference_info{_labels({**self._base, 'version': VERSION})} 1",
+            f"neurondb_reference_info{_labels(self._info)} 1",
         ]
         return "\n".join(lines) + "\n"
 
@@ -701,7 +716,7 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = Metrics(config.kind, config.instance)
+        self.metrics = Metrics(config.kind, config.instance, config.release)
         application_name = f"neurondb-{config.kind}-reference"
         self.primary = ConnectionPool(config.primary, application_name) if config.primary else None
         self.read = ConnectionPool(config.read, application_name) if config.read else None
@@ -752,7 +767,10 @@ class App:
         return error is None, round((time.monotonic() - started) * 1000, 2), error
 
     def _identity(self) -> dict[str, str]:
-        return {"kind": self.config.kind, "instance": self.config.instance, "version": VERSION}
+        identity = {"kind": self.config.kind, "instance": self.config.instance, "version": VERSION}
+        if self.config.release:
+            identity["release"] = self.config.release
+        return identity
 
     # -- handlers
 
@@ -976,6 +994,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         if not self._identity_sent:
             self._identity_sent = True
             self.send_header("X-NeuronDB-Instance", self.server.app.config.instance)
+            if self.server.app.config.release:
+                self.send_header("X-NeuronDB-Release", self.server.app.config.release)
             self.send_header("X-Request-ID", self._request_id())
         super().end_headers()
 

@@ -448,6 +448,27 @@ def test_frontend_page_names_the_instance(offline: Stack) -> None:
 # --------------------------------------------------------------------------- headers and logs
 
 
+def test_release_is_reported_only_when_set(offline: Stack, launcher: Launcher, refused_port: int) -> None:
+    unset = offline.api.get("/api/v1/health")
+    assert "X-NeuronDB-Release" not in unset.headers
+    assert "release" not in unset.json()
+
+    release = f"2.0.0-{uuid.uuid4().hex[:8]}"
+    env = {"DB_HOST": "127.0.0.1", "DB_PORT": str(refused_port), "JWT_SECRET": "s3cret", "NEURONDB_RELEASE": release}
+    api = launcher.spawn("api", "api-release", env).wait_ready()
+    for path in ("/health", "/api/v1/health", "/nope"):
+        reply = api.get(path)
+        assert reply.headers["X-NeuronDB-Release"] == release, path
+    assert api.get("/api/v1/health").json() == {
+        "status": "ok",
+        "kind": "api",
+        "instance": "api-release",
+        "version": "1.0.0",
+        "release": release,
+    }
+    assert metric(api.metrics(), "neurondb_reference_info", kind="api", release=release) == 1
+
+
 @pytest.mark.parametrize(
     ("which", "method", "path", "status"),
     [
@@ -549,6 +570,7 @@ def test_frontend_metrics_have_no_database_gauge(offline: Stack) -> None:
         ("mcp", {"NEURONMCP_HTTP_ADDR": "8082"}, "NEURONMCP_HTTP_ADDR"),
         ("mcp", {"NEURONMCP_HTTP_ENABLED": "maybe"}, "NEURONMCP_HTTP_ENABLED"),
         ("api", {"JWT_SECRET": "s", "NEURONAGENT_ENDPOINT": "agent:8080"}, "NEURONAGENT_ENDPOINT"),
+        ("frontend", {"NEURONDB_RELEASE": "2.0\x1b[31m"}, "NEURONDB_RELEASE"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_variable(kind: str, env: t.Dict[str, str], culprit: str) -> None:
