@@ -28,8 +28,6 @@ done
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 lb_address=$(bench_address lb1)
-leader=$(bench_leader)
-[[ -n "$leader" ]] || { echo "no Patroni leader found" >&2; exit 1; }
 
 run_pgbench() {  # host port label extra-args...: prints "label tps"
   local host=$1 port=$2 label=$3
@@ -39,6 +37,9 @@ run_pgbench() {  # host port label extra-args...: prints "label tps"
 
 (
   flock 9
+  # Asked once the lock is held: a bench that held it before may have moved the leader.
+  leader=$(bench_leader)
+  [[ -n "$leader" ]] || { echo "no Patroni leader found" >&2; exit 1; }
   echo "lab bench: clients=$clients duration=${duration}s scale=$scale leader=$leader"
   bench_ensure_pgbench
   echo "initialising pgbench tables (scale $scale) through PgBouncer"

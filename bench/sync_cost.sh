@@ -26,17 +26,22 @@ done
 db=${bench_prefix}db1
 
 patronictl() { docker exec "$db" patronictl -c /etc/patroni/config.yml "$@"; }
-sync_mode() {  # the cluster's synchronous_mode now: true or false
-  patronictl show-config | python3 -c 'import sys, yaml; print(str(bool((yaml.safe_load(sys.stdin) or {}).get("synchronous_mode"))).lower())'
+sync_mode() {  # the cluster's synchronous_mode as written in the DCS (true, false, quorum), null when unset
+  patronictl show-config | python3 -c 'import json, sys, yaml; print(json.dumps((yaml.safe_load(sys.stdin) or {}).get("synchronous_mode")))'
 }
-set_sync_mode() {  # true|false, then wait until Patroni has (or has no) synchronous standby
+leader_sync_names() {  # synchronous_standby_names on the leader itself
+  local leader
+  leader=$(patronictl list -f json | python3 -c 'import json,sys; print(next(m["Member"] for m in json.load(sys.stdin) if m["Role"] == "Leader"))')
+  docker exec "${bench_prefix}$leader" su postgres -c "psql -XAtqc 'SHOW synchronous_standby_names'"
+}
+set_sync_mode() {  # true|false|quorum|null, then wait until the leader itself has (or has no) synchronous standby
   patronictl edit-config --force --set "synchronous_mode=$1" >/dev/null
   for _ in $(seq 1 60); do
-    standbys=$(patronictl list -f json | python3 -c 'import json,sys; print(sum(m["Role"] == "Sync Standby" for m in json.load(sys.stdin)))')
-    if [[ $1 == true && $standbys -ge 1 ]] || [[ $1 == false && $standbys -eq 0 ]]; then return 0; fi
+    names=$(leader_sync_names 2>/dev/null || true)
+    if [[ $1 == false || $1 == null ]]; then [[ -z $names ]] && return 0; else [[ -n $names ]] && return 0; fi
     sleep 1
   done
-  echo "synchronous_mode=$1 did not take effect within 60 s" >&2
+  echo "synchronous_mode=$1 did not take effect on the leader within 60 s" >&2
   return 1
 }
 
@@ -50,7 +55,7 @@ set_sync_mode() {  # true|false, then wait until Patroni has (or has no) synchro
   printf '%-18s %8s %12s %10s\n' "synchronous_mode" clients "latency ms" tps
   for mode in true false; do
     set_sync_mode "$mode"
-    for c in 1 "$clients"; do
+    for c in $(printf '%s\n' 1 "$clients" | sort -nu); do
       report=$(bench_pgbench 127.0.0.1 6432 -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "$duration" -n)
       latency=$(awk '/latency average/ {print $4}' <<<"$report")
       tps=$(awk '/^tps = / {print $3}' <<<"$report")

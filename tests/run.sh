@@ -64,44 +64,52 @@ molecule_scenarios() {
   # recovery), which the others fill. NEURONDB_MOLECULE_PARALLEL=0 runs them
   # one after the other.
   local scenarios=(${NEURONDB_MOLECULE_SCENARIOS:-default drill backup})
-  local logs rc=0 scenario
+  local logs rc=0 scenario i
   logs=$(mktemp -d /tmp/neurondb-molecule.XXXXXX)
-  declare -A pids
+  local -A pids=() status=()
+  if [[ ${NEURONDB_MOLECULE_PARALLEL:-1} == 1 ]]; then
+    # Ctrl-C or a CI timeout stops every scenario (background jobs of a
+    # script ignore SIGINT by themselves).
+    trap 'for p in "${pids[@]}"; do pkill -TERM -P "$p"; kill "$p"; done 2>/dev/null; exit 130' INT TERM
+    for i in "${!scenarios[@]}"; do
+      # Staggered: their first minutes (docker create, apt) are the heaviest.
+      [[ $i -gt 0 ]] && sleep 20
+      run_scenario "${scenarios[$i]}" "$logs" &
+      pids[${scenarios[$i]}]=$!
+    done
+    for scenario in "${scenarios[@]}"; do
+      wait "${pids[$scenario]}"
+      status[$scenario]=$?
+    done
+    trap - INT TERM
+  else
+    for scenario in "${scenarios[@]}"; do
+      run_scenario "$scenario" "$logs"
+      status[$scenario]=$?
+    done
+  fi
   for scenario in "${scenarios[@]}"; do
-    if [[ ${NEURONDB_MOLECULE_PARALLEL:-1} == 1 ]]; then
-      run_scenario "$scenario" "$logs" &
-      pids[$scenario]=$!
-      sleep 20  # staggered: their first minutes (docker create, apt) are the heaviest
-    else
-      run_scenario "$scenario" "$logs" || rc=1
-    fi
-  done
-  for scenario in "${!pids[@]}"; do
-    wait "${pids[$scenario]}" || rc=1
-  done
-  for scenario in "${scenarios[@]}"; do
-    if [[ -f $logs/$scenario.failed ]]; then
-      echo "--- molecule scenario $scenario FAILED; its whole log:"
+    if [[ ${status[$scenario]} -ne 0 ]]; then
+      rc=1
+      echo "--- molecule scenario $scenario FAILED (exit ${status[$scenario]}); its whole log:"
       cat "$logs/$scenario.log"
     else
       echo "--- molecule scenario $scenario passed; the end of its log:"
       tail -n 40 "$logs/$scenario.log"
     fi
   done
-  cat "$logs"/*.time
+  cat "$logs"/*.time 2>/dev/null
   return $rc
 }
 
 run_scenario() {  # scenario logdir
-  local start
+  local start rc
   start=$(date +%s)
-  if molecule test -s "$1" >"$2/$1.log" 2>&1; then
-    echo "molecule scenario $1: passed in $(( $(date +%s) - start )) s" | tee "$2/$1.time"
-  else
-    touch "$2/$1.failed"
-    echo "molecule scenario $1: FAILED in $(( $(date +%s) - start )) s" | tee "$2/$1.time"
-    return 1
-  fi
+  molecule test -s "$1" >"$2/$1.log" 2>&1
+  rc=$?
+  echo "molecule scenario $1: $([[ $rc -eq 0 ]] && echo passed || echo "FAILED (exit $rc)") in $(( $(date +%s) - start )) s" |
+    tee "$2/$1.time"
+  return $rc
 }
 
 bash lab/venv.sh || { echo "could not prepare the Python environment"; exit 1; }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -15,6 +16,10 @@ from conftest import get_host, wait_for
 testinfra_hosts = ["ansible://mol-db1"]
 
 REPLICAS_STREAMING_TIMEOUT = 120
+ETCDCTL = (
+    "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/neurondb/pki/ca.crt "
+    "--cert=/etc/neurondb/pki/host.crt --key=/etc/neurondb/pki/host.key"
+)
 
 
 def streaming_cluster(cluster: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,11 +68,7 @@ def test_read_only_port_refuses_writes(connect) -> None:
 
 
 def test_etcd_healthy_over_tls(host) -> None:
-    result = host.run(
-        "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/neurondb/pki/ca.crt "
-        "--cert=/etc/neurondb/pki/host.crt --key=/etc/neurondb/pki/host.key "
-        "endpoint health --cluster -w json"
-    )
+    result = host.run(f"{ETCDCTL} endpoint health --cluster -w json")
     assert result.rc == 0, result.stderr
     endpoints = json.loads(result.stdout)
     assert len(endpoints) == 3
@@ -76,6 +77,49 @@ def test_etcd_healthy_over_tls(host) -> None:
     # Plain HTTP must not be served.
     plain = host.run("curl -s -m 3 http://127.0.0.1:2379/health")
     assert plain.rc != 0 or '"health":"true"' not in plain.stdout
+
+
+def etcd_members(host) -> dict[str, dict[str, Any]]:
+    """Each member's host address -> its endpoint status (member_id, leader)."""
+    result = host.run(f"{ETCDCTL} endpoint status --cluster -w json")
+    assert result.rc == 0, result.stderr
+    return {urlsplit(s["Endpoint"]).hostname: s["Status"] for s in json.loads(result.stdout)}
+
+
+def test_etcd_leader_moves_off_a_new_primary(host, patroni_cluster) -> None:
+    """The etcd leadership is put on a replica's host, that replica becomes
+    the primary by a switchover, and Patroni's on_role_change callback moves
+    the etcd leadership away from it: losing the primary's host then costs no
+    etcd election on top of the leader key's ttl."""
+    state = wait_for(lambda: streaming_cluster(patroni_cluster()), REPLICAS_STREAMING_TIMEOUT, "a healthy cluster")
+    candidate = state["replicas"][0]
+    members = etcd_members(host)
+    target = members[candidate["host"]]["header"]["member_id"]
+    leader_id = next(iter(members.values()))["leader"]
+    leader_host = next(address for address, status in members.items() if status["header"]["member_id"] == leader_id)
+    if leader_id != target:
+        # move-leader is served by the current etcd leader only.
+        current = next(m["name"] for m in patroni_cluster()["members"] if m["host"] == leader_host)
+        result = get_host(current).run(f"{ETCDCTL} move-leader {target:x}")
+        assert result.rc == 0, result.stderr
+    assert etcd_members(host)[candidate["host"]]["leader"] == target
+
+    switch = host.run(
+        f"patronictl -c /etc/patroni/config.yml switchover --leader {state['leader']['name']} "
+        f"--candidate {candidate['name']} --force"
+    )
+    assert switch.rc == 0, switch.stdout + switch.stderr
+    wait_for(
+        lambda: (streaming_cluster(patroni_cluster()) or {}).get("leader", {}).get("name") == candidate["name"],
+        REPLICAS_STREAMING_TIMEOUT,
+        f"{candidate['name']} leading with both replicas streaming",
+    )
+
+    def etcd_leader_elsewhere() -> bool:
+        statuses = etcd_members(host)
+        return statuses[candidate["host"]]["leader"] != statuses[candidate["host"]]["header"]["member_id"]
+
+    wait_for(etcd_leader_elsewhere, 60, f"the etcd leader to leave {candidate['name']}, the new primary")
 
 
 def test_killed_replica_rejoins(connect, patroni_cluster) -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import EPHEMERAL, INVENTORY, wait_for
+from conftest import INVENTORY, PROJECT, ansible_command, ansible_env, run_playbook, wait_for
 
 DB_HOSTS = ("mol-db1", "mol-db2", "mol-db3")
 # Where the modules run: a database host; a PgBouncer host for the ones that
@@ -31,19 +30,9 @@ DB_HOSTS = ("mol-db1", "mol-db2", "mol-db3")
 ON_DB, ON_APP = "mol-db1", "mol-app1"
 PGBOUNCER_HOSTS = ("mol-app1", "mol-app2")
 CA_ON_HOSTS = "/etc/neurondb/pki/ca.crt"
-PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "..")
-)
-
-
-def ansible_command(name: str) -> str:
-    """The Ansible command beside this Python (the venv's), else the one on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), name)
-    return beside if os.path.exists(beside) else name
 
 
 ANSIBLE = ansible_command("ansible")
-ANSIBLE_PLAYBOOK = ansible_command("ansible-playbook")
 HEALTHY_TIMEOUT = 180
 MIB = 1024 * 1024
 
@@ -105,15 +94,6 @@ def module_failure(host: str, name: str, args: dict[str, Any], check: bool = Fal
     with pytest.raises(ModuleFailed) as failure:
         module(host, name, args, check=check)
     return failure.value.result
-
-
-def ansible_env() -> dict[str, str]:
-    """The environment with this checkout's collections first."""
-    env = dict(os.environ)
-    collections = os.path.join(PROJECT, "collections")
-    paths = [p for p in env.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p and p != collections]
-    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([collections, *paths])
-    return env
 
 
 def read_json(url: str, tls: ssl.SSLContext) -> Any:
@@ -311,25 +291,9 @@ def test_switchover_playbook_fails_no_client_transaction(healthy, patroni_cluste
     the leader with every PgBouncer paused and both routers and the edge
     HAProxy following. The playbook itself fails on any failed or lost write;
     its report is checked here as well."""
-    inventory = INVENTORY or os.path.join(EPHEMERAL, "inventory")
     with tempfile.TemporaryDirectory() as reports:
-        run = subprocess.run(
-            [
-                ANSIBLE_PLAYBOOK,
-                "-i",
-                inventory,
-                os.path.join(PROJECT, "playbooks", "switchover-drill.yml"),
-                "-e",
-                f"drill_report_dir={reports}",
-            ],
-            cwd=PROJECT,
-            env=ansible_env(),
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        run = run_playbook(os.path.join(PROJECT, "playbooks", "switchover-drill.yml"), {"drill_report_dir": reports})
+        assert run.returncode == 0, run.summary()
         (drill_file,) = [f for f in os.listdir(reports) if f.endswith(".json") and not f.endswith("-switchover.json")]
         with open(os.path.join(reports, drill_file)) as handle:
             drill = json.load(handle)
