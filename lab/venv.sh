@@ -9,6 +9,10 @@ if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 echo "preparing the Python environment (.venv)"
+# Debian's python3 comes without venv/ensurepip: python3-venv brings them.
+python3 -c 'import ensurepip, venv' 2>/dev/null || {
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+}
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements.txt
