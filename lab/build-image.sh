@@ -9,8 +9,13 @@ IMAGE="${NEURONDB_LAB_IMAGE:-neurondb-lab:trixie}"
 MIRROR="${NEURONDB_LAB_MIRROR:-http://deb.debian.org/debian}"
 FORCE="${1:-}"
 
-if [[ "$FORCE" != "--force" ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-  echo "lab image $IMAGE exists; reusing it (pass --force to rebuild)"
+# The image carries the checksum of this script: a changed package list (or
+# any other change of the recipe) rebuilds it, so a machine that kept an old
+# image still tests what the recipe says.
+RECIPE=$(sha256sum "$0" | cut -c1-16)
+if [[ "$FORCE" != "--force" ]] &&
+   [[ "$(docker image inspect -f '{{ index .Config.Labels "neurondb.recipe" }}' "$IMAGE" 2>/dev/null)" == "$RECIPE" ]]; then
+  echo "lab image $IMAGE is up to date; reusing it (pass --force to rebuild)"
   exit 0
 fi
 
@@ -24,7 +29,8 @@ BASE_PACKAGES=python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,iputils-pin
 # install path is exercised, but from a local cache (fast and offline-tolerant).
 CACHED_PACKAGES="postgresql-17 postgresql-17-pgvector postgresql-client-17 patroni python3-psycopg2 python3-psycopg \
 etcd-server etcd-client haproxy pgbouncer nginx pgbackrest python3-boto3 python3-moto \
-prometheus-postgres-exporter python3-cryptography postgresql-contrib"
+prometheus-postgres-exporter python3-cryptography postgresql-contrib \
+nodejs postgresql-17-cron"
 
 ROOT="$(mktemp -d /var/tmp/neurondb-lab-rootfs.XXXXXX)"
 trap 'rm -rf --one-file-system "$ROOT"' EXIT
@@ -58,5 +64,6 @@ echo "importing $IMAGE"
 tar -C "$ROOT" -c . | docker import \
   --change 'ENV container=docker' \
   --change 'CMD ["/lib/systemd/systemd"]' \
+  --change "LABEL neurondb.recipe=$RECIPE" \
   - "$IMAGE"
 echo "built $IMAGE"

@@ -30,8 +30,15 @@ options:
       - Restart PostgreSQL on the members flagged C(pending_restart), one at a time (C(POST /restart) with
         C(restart_pending)) - replicas first, then the leader. Each must be running again (replicas streaming again
         when they were) before the next one restarts.
-      - Restarting the leader makes the database unavailable for writes while PostgreSQL restarts. Switch over first
-        (M(neurondb.ha.patroni_switchover)) to avoid it.
+      - The leader is restarted in place only with O(restart_leader=true). Otherwise it stays pending and is returned
+        as RV(pending_leader), for the caller to switch over first (M(neurondb.ha.patroni_switchover)) and restart
+        it as a replica.
+    type: bool
+    default: false
+  restart_leader:
+    description:
+      - With O(restart_pending=true), also restart the leader in place, last. That makes the database unavailable
+        for writes while PostgreSQL restarts, so it is off unless asked for.
     type: bool
     default: false
   settle_time:
@@ -142,6 +149,13 @@ restarted:
   type: list
   elements: str
   sample: [db2, db3, db1]
+pending_leader:
+  description:
+    - The leader, when it is flagged C(pending_restart) and was not restarted (O(restart_leader=false)); empty
+      otherwise.
+  returned: success
+  type: str
+  sample: db1
 would_restart:
   description: Members that would be restarted, in order, in check mode.
   returned: check mode and O(restart_pending=true)
@@ -205,9 +219,9 @@ def apply_patch(config: t.Dict[str, t.Any], patch: t.Dict[str, t.Any]) -> t.Dict
     return result
 
 
-def restart_order(cluster: Cluster) -> t.List[Member]:
-    """Members with pending_restart: replicas by name, the leader last."""
-    pending = [m for m in cluster["members"] if m["pending_restart"]]
+def restart_order(cluster: Cluster, leader: bool = True) -> t.List[Member]:
+    """Members with pending_restart: replicas by name, then the leader (only when ``leader``)."""
+    pending = [m for m in cluster["members"] if m["pending_restart"] and (leader or not m["is_leader"])]
     return sorted(pending, key=lambda m: (m["is_leader"], m["name"]))
 
 
@@ -263,6 +277,7 @@ def main() -> None:
     argument_spec.update(
         config=dict(type="dict"),
         restart_pending=dict(type="bool", default=False),
+        restart_leader=dict(type="bool", default=False),
         settle_time=dict(type="int"),
         restart_timeout=dict(type="int", default=300),
         poll_interval=dict(type="float", default=2.0),
@@ -275,7 +290,7 @@ def main() -> None:
     )
     p = module.params
     client = client_from_module(module)
-    result: t.Dict[str, t.Any] = {"changed": False, "restarted": []}
+    result: t.Dict[str, t.Any] = {"changed": False, "restarted": [], "pending_leader": ""}
 
     try:
         before = client.config()
@@ -299,8 +314,12 @@ def main() -> None:
         if patch and settle > 0 and not module.check_mode:
             time.sleep(settle)  # members pick up the new configuration in their next HA loop
         cluster = client.cluster()
-        order = restart_order(cluster)
-        result["pending_restart"] = sorted(m["name"] for m in order)
+        result["pending_restart"] = sorted(m["name"] for m in restart_order(cluster))
+        order = restart_order(cluster, leader=p["restart_leader"])
+        if p["restart_pending"] and not p["restart_leader"]:
+            result["pending_leader"] = next(
+                (m["name"] for m in cluster["members"] if m["is_leader"] and m["pending_restart"]), ""
+            )
 
         if p["restart_pending"] and module.check_mode:
             result["would_restart"] = [m["name"] for m in order]

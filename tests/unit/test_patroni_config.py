@@ -83,11 +83,14 @@ def test_restart_pending_replicas_first_then_leader(
     fake_cluster: FakeCluster, args: t.Dict[str, t.Any], run_module: t.Any
 ) -> None:
     desired = {"postgresql": {"parameters": {"max_connections": 200}}}
-    result, failed = run_module(patroni_config.main, dict(args, config=desired, restart_pending=True, settle_time=1))
+    result, failed = run_module(
+        patroni_config.main, dict(args, config=desired, restart_pending=True, restart_leader=True, settle_time=1)
+    )
     assert not failed, result["msg"]
     assert result["changed"] is True
     assert result["pending_restart"] == ["db1", "db2", "db3"]
     assert result["restarted"] == ["db2", "db3", "db1"]
+    assert result["pending_leader"] == ""
     restarts = fake_cluster.calls("POST", "/restart")
     # Each on its own member's API, asking Patroni to restart only if still pending.
     assert [(r[0], r[3]) for r in restarts] == [(n, {"restart_pending": True}) for n in ("db2", "db3", "db1")]
@@ -108,8 +111,21 @@ def test_restart_check_mode_lists_order(fake_cluster: FakeCluster, args: t.Dict[
     fake_cluster.members["db3"].pending_restart = True
     result, failed = run_module(patroni_config.main, dict(args, restart_pending=True), check_mode=True)
     assert not failed and result["changed"] is True
-    assert result["would_restart"] == ["db3", "db1"]
+    assert result["would_restart"] == ["db3"]
+    assert result["pending_leader"] == "db1"
     assert fake_cluster.calls("POST", "/restart") == []
+
+
+def test_leader_is_never_restarted_in_place_unless_asked(
+    fake_cluster: FakeCluster, args: t.Dict[str, t.Any], run_module: t.Any
+) -> None:
+    desired = {"postgresql": {"parameters": {"max_connections": 200}}}
+    result, failed = run_module(patroni_config.main, dict(args, config=desired, restart_pending=True, settle_time=1))
+    assert not failed, result["msg"]
+    assert result["restarted"] == ["db2", "db3"]
+    assert result["pending_leader"] == "db1"
+    assert [r[0] for r in fake_cluster.calls("POST", "/restart")] == ["db2", "db3"]
+    assert fake_cluster.members["db1"].restarts == 0 and fake_cluster.members["db1"].pending_restart
 
 
 def test_member_no_longer_pending_is_skipped(
@@ -118,8 +134,8 @@ def test_member_no_longer_pending_is_skipped(
     fake_cluster.members["db2"].pending_restart = True
     real_order = patroni_config.restart_order
 
-    def order_then_clear(cluster: t.Any) -> t.Any:
-        members = real_order(cluster)
+    def order_then_clear(cluster: t.Any, leader: bool = True) -> t.Any:
+        members = real_order(cluster, leader)
         fake_cluster.members["db2"].pending_restart = False  # someone else restarted it meanwhile
         return members
 
