@@ -28,7 +28,9 @@ from typing import Any
 
 import psycopg
 
-TABLE = "neurondb_drill_probe"
+# Qualified: an application role may carry a search_path of its own (the
+# agent's schema first), and the drills read the table back as postgres.
+TABLE = "public.neurondb_drill_probe"
 
 
 def parse_args() -> argparse.Namespace:
