@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import ssl
 import subprocess
 import sys
@@ -167,3 +168,26 @@ def run_playbook(playbook: str, extra_vars: dict[str, Any] | None = None, timeou
         output = run.stdout[-3000:] + run.stderr[-3000:]
         pytest.fail(f"{playbook} printed no JSON report (exit {run.returncode}): {output}")
     return PlaybookRun(run.returncode, run.stdout, run.stderr, report)
+
+
+# -- SQL as an application, through the app host's PgBouncer -----------------------
+
+# Runs on an app host with its own Python: connects as the agent does (its
+# EnvironmentFile's password, never on a command line) and prints the first
+# row of the query as JSON.
+APP_SQL = """
+import json, sys, psycopg
+env = dict(line.split("=", 1) for line in open("/etc/neurondb/neuronagent.env") if "=" in line)
+dbname, query, options, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+with psycopg.connect(host="127.0.0.1", port=6432, dbname=dbname, user="neurondb_app",
+                     password=json.loads(env["DB_PASSWORD"]), options=options or None) as conn:
+    print(json.dumps(list(conn.execute(query, params).fetchone()), default=str))
+"""
+
+
+def app_sql(host: Any, dbname: str, query: str, params: tuple[Any, ...] = (), options: str = "") -> list[Any]:
+    """The first row of `query`, run on `host` through its PgBouncer as neurondb_app."""
+    args = " ".join(shlex.quote(a) for a in (APP_SQL, dbname, query, options, json.dumps(list(params))))
+    result = host.run(f"python3 -c {args}")
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)

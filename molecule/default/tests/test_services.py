@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shlex
 import socket
 import ssl
 import struct
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EPHEMERAL, PROJECT, get_host, run_playbook, wait_for
+from conftest import EPHEMERAL, PROJECT, app_sql, get_host, run_playbook, wait_for
 
 testinfra_hosts = ["ansible://mol-app1"]
 
@@ -167,18 +166,11 @@ def test_agent_queries_its_unqualified_tables_through_pgbouncer(addresses, tls, 
     assert status == 401
 
 
-def test_search_path_asked_for_is_the_one_in_effect(host, hostvars) -> None:
+def test_search_path_asked_for_is_the_one_in_effect(host) -> None:
     """What NeuronAgent asks for at connection start is what a pooled
     connection has: PgBouncer drops the startup parameter, the role carries it."""
-    script = (
-        "import json, psycopg; env = dict(l.split('=', 1) for l in open('/etc/neurondb/neuronagent.env') if '=' in l);"
-        "c = psycopg.connect(host='127.0.0.1', port=6432, dbname='neurondb', user='neurondb_app',"
-        " password=json.loads(env['DB_PASSWORD']), options='-c search_path=neurondb_agent,public');"
-        "print(c.execute('show search_path').fetchone()[0])"
-    )
-    result = host.run(f"python3 -c {shlex.quote(script)}")
-    assert result.rc == 0, result.stderr
-    assert result.stdout.strip() == "neurondb_agent, public"
+    (search_path,) = app_sql(host, "neurondb", "show search_path", options="-c search_path=neurondb_agent,public")
+    assert search_path == "neurondb_agent, public"
 
 
 def test_websockets_reach_the_api_and_the_agent(addresses, tls, api_token, agent_key, profile) -> None:

@@ -4,6 +4,7 @@ router → Patroni primary, with reads on the replicas."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import ssl
@@ -13,9 +14,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from conftest import get_host, wait_for
+from conftest import EPHEMERAL, app_sql, get_host, wait_for
 
 testinfra_hosts = ["ansible://mol-app1"]
 
@@ -23,13 +25,22 @@ API_REPLICAS = {"mol-app1", "mol-app2"}
 
 
 def request(
-    addresses: dict[str, str], tls: ssl.SSLContext, path: str, data: dict | None = None, timeout: float = 15
+    addresses: dict[str, str],
+    tls: ssl.SSLContext,
+    path: str,
+    data: dict | None = None,
+    timeout: float = 15,
+    request_id: str | None = None,
+    token: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     url = f"https://{addresses['mol-lb1']}{path}"
     body = json.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(
-        url, data=body, method="POST" if body else "GET", headers={"Content-Type": "application/json"} if body else {}
-    )
+    headers = {"Content-Type": "application/json"} if body else {}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method="POST" if body else "GET", headers=headers)
     try:
         with urllib.request.urlopen(req, context=tls, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
@@ -37,13 +48,26 @@ def request(
         return exc.code, dict(exc.headers), exc.read()
 
 
+def edge_upstreams(prefix: str) -> dict[str, str]:
+    """request id -> the upstream address(es) Nginx used, from its access log:
+    which replica answered, for any service (no header of the service's own)."""
+    log = get_host("mol-lb1").check_output(f"grep -F 'id={prefix}-' /var/log/nginx/neurondb-access.log || true")
+    found = {}
+    for line in log.splitlines():
+        match = re.search(r"upstream=(\S+) urt=.* id=(\S+)$", line)
+        if match:
+            found[match.group(2)] = match.group(1)
+    return found
+
+
 def test_https_reaches_both_api_replicas(addresses, tls) -> None:
-    seen = set()
-    for _ in range(20):
-        status, headers, _body = request(addresses, tls, "/api/v1/health")
+    prefix = f"balance-{time.time_ns()}"
+    for i in range(20):
+        status, _headers, _body = request(addresses, tls, "/api/v1/health", request_id=f"{prefix}-{i}")
         assert status == 200
-        seen.add(headers.get("X-NeuronDB-Instance"))
-    assert seen == API_REPLICAS, f"Nginx balanced over {seen}, expected {API_REPLICAS}"
+    seen = {upstream.rsplit(":", 1)[0] for upstream in edge_upstreams(prefix).values()}
+    expected = {addresses[name] for name in API_REPLICAS}
+    assert seen == expected, f"Nginx balanced over {seen}, expected {expected}"
 
 
 def test_plain_http_redirects_to_https(addresses) -> None:
@@ -75,32 +99,32 @@ def test_tls_below_1_2_is_refused(addresses) -> None:
         pass
 
 
-def test_write_through_app_lands_on_primary_and_replicas(addresses, tls, connect, patroni_cluster) -> None:
-    marker = f"topology-{time.time_ns()}"
-    status, headers, body = request(addresses, tls, "/agent/api/v1/probe", {"payload": marker})
-    assert status == 201, body
-    probe_id = json.loads(body)["id"]
-    assert headers.get("X-Request-ID"), "the request id was not passed through"
+def test_write_through_app_lands_on_primary_and_replicas(addresses, tls, connect, patroni_cluster, host) -> None:
+    """An agent created through the edge (the agent's own API, with its key)
+    is a row on the primary, then on every replica, and readable through
+    PgBouncer's read-only alias."""
+    key = Path(EPHEMERAL, "pki", "neuronagent-api-key").read_text().strip()
+    name = f"topology-{time.time_ns()}"
+    status, _headers, body = request(addresses, tls, "/agent/api/v1/agents", {"name": name}, token=key)
+    assert status in (200, 201), body
     cluster = patroni_cluster()
     leader = next(m["name"] for m in cluster["members"] if m["role"] == "leader")
     replicas = [m["name"] for m in cluster["members"] if m["role"] != "leader"]
+    query = "select count(*) from neurondb_agent.agents where name = %s"
     with connect(leader, dbname="neurondb") as conn:
         assert conn.execute("select pg_is_in_recovery()").fetchone()[0] is False
-        row = conn.execute("select payload from neurondb_probe where id = %s", (probe_id,)).fetchone()
-        assert row == (marker,)
-    for name in replicas:
+        assert conn.execute(query, (name,)).fetchone()[0] == 1
+    for replica in replicas:
 
-        def replicated(name: str = name) -> bool:
-            with connect(name, dbname="neurondb") as conn:
-                return conn.execute("select payload from neurondb_probe where id = %s", (probe_id,)).fetchone() == (
-                    marker,
-                )
+        def replicated(replica: str = replica) -> bool:
+            with connect(replica, dbname="neurondb") as conn:
+                return conn.execute(query, (name,)).fetchone()[0] == 1
 
-        wait_for(replicated, 30, f"probe {probe_id} on replica {name}")
-    # And the app reads it back through PgBouncer's read-only alias.
-    status, _headers, body = request(addresses, tls, f"/agent/api/v1/probe/{probe_id}?replica=1")
-    assert status == 200, body
-    assert json.loads(body)["payload"] == marker
+        wait_for(replicated, 30, f"agent {name} on replica {replica}")
+    in_recovery, count = app_sql(
+        host, "neurondb_ro", "select pg_is_in_recovery(), count(*) from agents where name = %s", (name,)
+    )
+    assert (in_recovery, count) == (True, 1)
 
 
 # Runs inside mol-app1: 200 clients hold a transaction open at the same time.
@@ -162,14 +186,16 @@ def test_requests_survive_a_stopped_app_host(addresses, tls) -> None:
     subprocess.run(["docker", "stop", "-t", "5", "mol-app2"], check=True, capture_output=True)
     try:
         failures = []
+        prefix = f"stopped-{time.time_ns()}"
         for i in range(30):
             for path in ("/api/v1/health", "/agent/health", "/"):
-                status, headers, _ = request(addresses, tls, path)
+                status, _headers, _ = request(addresses, tls, path, request_id=f"{prefix}-{i}{path}")
                 if status != 200:
                     failures.append((i, path, status))
-                elif headers.get("X-NeuronDB-Instance") != "mol-app1":
-                    failures.append((i, path, headers.get("X-NeuronDB-Instance")))
         assert not failures, f"requests failed with mol-app2 stopped: {failures[:5]}"
+        # Nginx's log: each was answered by mol-app1 (at the latest on a retry).
+        answered_by = {upstream.rsplit(":", 1)[0] for upstream in edge_upstreams(prefix).values()}
+        assert addresses["mol-app1"] in answered_by
     finally:
         subprocess.run(["docker", "start", "mol-app2"], check=True, capture_output=True)
         app2 = get_host("mol-app2")
