@@ -314,6 +314,11 @@ def refusal(case: str, package: Package) -> tuple[dict[str, Any], list[str]]:
             "neurondesktop_api_oidc_client_id": "neurondesk",
             "neurondesktop_api_oidc_redirect_url": "https://lb/api/v1/auth/callback",
         }, ["neurondesktop_api_oidc_issuer_url"]
+    if case == "first-start setting changed":
+        # The API read it once into its stored profile; a new value would not apply.
+        return {**api_variables(package), "neurondesktop_api_agent_endpoint": "http://127.0.0.1:18080"}, [
+            "NEURONAGENT_ENDPOINT changed since the API stored its profile"
+        ]
     raise AssertionError(case)
 
 
@@ -324,6 +329,7 @@ REFUSALS = [
     "missing admin password",
     "jwt without a secret",
     "oidc without an issuer",
+    "first-start setting changed",
 ]
 
 
