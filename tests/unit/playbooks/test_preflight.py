@@ -90,3 +90,66 @@ def test_site_refuses_bad_inventory(tmp_path: Path, inv: dict[str, Any], expecte
     # No secret value leaks into the output.
     for value in SECRETS.values():
         assert value not in output
+
+
+# -- the roles' own cross-field checks, run by the preflight -----------------------
+
+APP_SECRETS = {
+    "neurondb_app_db_password": "n" * 16,
+    "neurondesk_app_db_password": "d" * 16,
+    "neurondesktop_api_admin_password": "m" * 16,
+    "neurondesktop_api_jwt_secret": "j" * 40,
+}
+
+
+def with_apps(extra_vars: dict[str, Any]) -> dict[str, Any]:
+    """The good inventory plus one app host running every tier, and `extra_vars`."""
+    inv = inventory()
+    inv["all"]["vars"].update(APP_SECRETS, **extra_vars)
+    app = {"app0": {"neurondb_address": "10.99.1.10"}}
+    for group in ("neuronagent", "neurondesktop_api", "neurondesktop_frontend", "neuronmcp"):
+        inv["all"]["children"][group] = {"hosts": app}
+    return inv
+
+
+DEB = {"name": "pg_cron", "deb": "/srv/postgresql-17-cron.deb", "preload": "pg_cron", "databases": ["postgres"]}
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "expected"),
+    [
+        (
+            {"postgresql_extensions": [{"name": "vector", "databases": ["neurondb"]}, {"name": "neurondb"}]},
+            "pgvector (vector) and neurondb cannot share database neurondb",
+        ),
+        ({"postgresql_extensions": [DEB]}, "pg_cron: deb /srv/postgresql-17-cron.deb needs its checksum"),
+        ({"neurondesktop_api_jwt_secret": ""}, "AUTH_MODE jwt needs neurondesktop_api_jwt_secret"),
+        (
+            {"neurondesktop_api_auth_mode": "oidc", "neurondesktop_api_oidc_client_id": "c"},
+            "AUTH_MODE oidc needs neurondesktop_api_oidc_issuer_url",
+        ),
+        ({"neurondesktop_api_admin_password": ""}, "neurondesktop_api_admin_password is missing"),
+        ({"neuronmcp_http_addr": "0.0.0.0:8080"}, "not on the agent's port 8080"),
+        (
+            {"neuronagent_events_enabled": True},
+            "neuronagent_events_enabled or neuronagent_distributed_enabled need a session-mode pool",
+        ),
+    ],
+    ids=[
+        "pgvector-and-neurondb",
+        "deb-without-checksum",
+        "jwt-no-secret",
+        "oidc-no-issuer",
+        "no-admin-password",
+        "mcp-on-agent-port",
+        "events-in-transaction-pool",
+    ],
+)
+def test_site_refuses_bad_app_settings(tmp_path: Path, extra_vars: dict[str, Any], expected: str) -> None:
+    result = run_site(tmp_path, with_apps(extra_vars))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert expected in output, output
+    assert "Prepare every host" not in output, output
+    for value in [*SECRETS.values(), *APP_SECRETS.values()]:
+        assert value not in output
