@@ -91,7 +91,7 @@ def stored_profile(postgres: Postgres, dbname: str) -> t.Dict[str, t.Any]:
         cursor = conn.execute("SELECT * FROM profiles WHERE is_default")
         row = cursor.fetchone()
         assert row is not None
-        return dict(zip([column.name for column in cursor.description], row))
+        return dict(zip([column.name for column in cursor.description], row, strict=True))
 
 
 # --------------------------------------------------------------------------- the stack under test

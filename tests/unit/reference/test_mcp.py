@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 import typing as t
+import urllib.parse
 
 import pytest
 from conftest import AGENT_DB, AGENT_PASSWORD, AGENT_USER, Installed, Postgres
@@ -73,7 +74,8 @@ def test_reads_neurondb_variables_not_db_or_server(installed: Installed, postgre
     defaults = converse(installed, {**db_env, "NEURONDB_PORT": str(closed)}, MESSAGES[4:5])
     assert json.loads(defaults.stdout)["result"]["isError"] is True
     # A connection string wins over the separate variables.
-    dsn = f"postgresql://{AGENT_USER}:{AGENT_PASSWORD.replace(' ', '%20').replace(chr(39), '%27')}@127.0.0.1:{postgres.port}/{AGENT_DB}"
+    password = urllib.parse.quote(AGENT_PASSWORD, safe="")
+    dsn = f"postgresql://{AGENT_USER}:{password}@127.0.0.1:{postgres.port}/{AGENT_DB}"
     with_dsn = converse(
         installed, {**neurondb_env(postgres, port=closed), "NEURONDB_CONNECTION_STRING": dsn}, MESSAGES[4:5]
     )
