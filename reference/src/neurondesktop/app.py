@@ -254,6 +254,9 @@ class DesktopApp:
             with params.connect() as conn, conn.transaction():
                 conn.execute("SET TRANSACTION READ ONLY")
                 conn.execute("SET LOCAL statement_timeout = '5s'")
+                # A first query takes the snapshot: from then on the query cannot switch the
+                # transaction back to read-write (and one statement per call: extended protocol).
+                conn.execute("SELECT 1")
                 cursor = conn.execute(query)
                 columns = [column.name for column in cursor.description or []]
                 rows = cursor.fetchmany(SQL_ROW_LIMIT) if cursor.description else []

@@ -215,10 +215,10 @@ class WsClient:
             if not chunk:
                 break
             self.buffer += chunk
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        head, _sep, self.buffer = self.buffer.partition(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         self.status = int(status_line.split()[1])
-        self.headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+        self.headers = {k.strip().lower(): v.strip() for k, _sep, v in (h.partition(":") for h in header_lines)}
         if self.status == 101:
             expected = base64.b64encode(hashlib.sha1(key + self.GUID).digest()).decode()
             assert self.headers.get("sec-websocket-accept") == expected
@@ -315,7 +315,7 @@ class OptionDroppingProxy:
     def _accept(self) -> None:
         while True:
             try:
-                client, _ = self.listener.accept()
+                client, _address = self.listener.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()

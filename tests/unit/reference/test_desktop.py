@@ -429,9 +429,25 @@ def test_websockets(desk: Desk) -> None:
     assert WsClient(port, "/api/v1/system-metrics/ws").status == 401
 
 
-def test_sql_console_is_off_by_default(desk: Desk) -> None:
+def test_sql_console_is_off_by_default_and_read_only(
+    desk: Desk,
+    launcher: Launcher,
+    installed: Installed,
+    postgres: Postgres,
+    desk_db: str,
+    agent_key: t.Tuple[Proc, str],
+) -> None:
     reply = desk.proc.post(f"/api/v1/profiles/{desk.profile_id}/sql", {"query": "SELECT 1"}, headers=bearer(desk.token))
     assert reply.status == 403
+    env = desktop_env(postgres, desk_db, ENABLE_SQL_CONSOLE="true", **first_start_env(*agent_key, postgres, None))
+    console = start_desktop(launcher, installed, env)
+    token = login(console)
+    (profile,) = console.get("/api/v1/profiles", headers=bearer(token)).json()
+    path = f"/api/v1/profiles/{profile['id']}/sql"
+    answer = console.post(path, {"query": "SELECT current_database() AS db, 2 AS n"}, headers=bearer(token))
+    assert answer.json() == {"columns": ["db", "n"], "rows": [[AGENT_DB, 2]]}  # the profile's NeuronDB
+    for query in ("CREATE TABLE sql_console_probe ()", "SET TRANSACTION READ WRITE", "SELECT 1; DROP TABLE x"):
+        assert console.post(path, {"query": query}, headers=bearer(token)).status == 400, query
 
 
 def test_shutdown_stops_the_mcp_children(

@@ -36,7 +36,7 @@ def neurondb_env(postgres: Postgres, port: t.Optional[int] = None) -> t.Dict[str
     }
 
 
-def converse(installed: Installed, env: t.Dict[str, str], messages: t.List[t.Any] = MESSAGES) -> t.Any:
+def converse(installed: Installed, env: t.Dict[str, str], messages: t.Sequence[t.Any] = tuple(MESSAGES)) -> t.Any:
     # A str is sent as it is (a broken line); anything else as JSON.
     stdin = "".join((message if isinstance(message, str) else json.dumps(message)) + "\n" for message in messages)
     return run(installed.bin("neurondb-mcp"), {"NEURONDB_LOG_FORMAT": "json", **env}, stdin=stdin)
@@ -174,7 +174,7 @@ def test_server_sent_events_arrive_unbuffered(launcher: Launcher, installed: Ins
         events_so_far = data.partition(b"\r\n\r\n")[2].count(b"\n\n")
         arrivals += [now] * (events_so_far - len(arrivals))
     sock.close()
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _sep, body = data.partition(b"\r\n\r\n")
     assert b"200 OK" in head.split(b"\r\n")[0]
     assert b"content-type: text/event-stream" in head.lower()
     events = [block for block in body.decode().split("\n\n") if block]
