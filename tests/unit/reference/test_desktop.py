@@ -466,3 +466,15 @@ def test_shutdown_stops_the_mcp_children(
     assert desktop.stop() == 0
     assert not alive(pid)
     assert PYTHON  # the children ran on the tests' interpreter too
+
+
+def test_schema_file_is_idempotent(installed: Installed, postgres: Postgres, desk_db: str) -> None:
+    import psycopg
+
+    sql = installed.sql("/usr/share/neurondesktop/neurondesktop.sql")
+    assert "CREATE EXTENSION" not in "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
+    with postgres.connect(desk_db, DESK_USER, DESK_PASSWORD) as conn:
+        conn.execute(sql)  # the copy of the template has it already
+        conn.execute("INSERT INTO profiles (name, is_default) VALUES ('a', true)")
+        with pytest.raises(psycopg.errors.UniqueViolation, match="profiles_one_default"):
+            conn.execute("INSERT INTO profiles (name, is_default) VALUES ('b', true)")

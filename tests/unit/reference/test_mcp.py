@@ -184,3 +184,20 @@ def test_server_sent_events_arrive_unbuffered(launcher: Launcher, installed: Ins
     assert arrivals[0] < 1.0, arrivals  # the first event right away, not after a buffer fills
     assert 0.5 < arrivals[2] - arrivals[1] < 2.0, arrivals  # then one a second
     assert request(mcp.port, "GET", "/mcp/stream").status == 401
+
+
+def test_schema_file_is_idempotent_and_needs_pgcrypto(installed: Installed, postgres: Postgres) -> None:
+    import psycopg
+
+    sql = installed.sql("/usr/share/neuronmcp/sql/neuron-mcp.sql")
+    bare = postgres.create_database(f"mcp_bare_{time.monotonic_ns()}", AGENT_USER)
+    with postgres.connect(bare, AGENT_USER, AGENT_PASSWORD) as conn, pytest.raises(psycopg.errors.UndefinedFunction):
+        conn.execute(sql)  # gen_random_bytes: pgcrypto is created by a superuser first
+    name = postgres.create_database(f"mcp_{time.monotonic_ns()}", AGENT_USER)
+    with postgres.connect(name) as conn:
+        conn.execute("CREATE EXTENSION pgcrypto")
+    with postgres.connect(name, AGENT_USER, AGENT_PASSWORD) as conn:
+        conn.execute(sql)
+        conn.execute(sql)
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'neurondb' ORDER BY 1").fetchall()
+    assert tables == [("mcp_settings",), ("mcp_tool_calls",)]
