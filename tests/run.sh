@@ -44,8 +44,14 @@ lint() {
 unit() {
   # The reference services' tests run against a real PostgreSQL server of
   # the controller's own (they skip without one: make sure there is one).
-  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+  # PgBouncer (the transaction-pool and dropped-search_path tests) and Node.js
+  # (the frontend's next start) too; those tests skip without them.
+  local wanted=()
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || wanted+=(postgresql)
+  command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || wanted+=(pgbouncer)
+  command -v node >/dev/null || wanted+=(nodejs)
+  if [[ ${#wanted[@]} -gt 0 ]]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${wanted[@]}" >/dev/null
   fi
   pytest tests/unit -q
 }

@@ -1,0 +1,1 @@
+"""NeuronAgent, reference build: the agent API of NeuronDB (see /usr/share/doc/neuronagent)."""

@@ -1,0 +1,1 @@
+"""NeuronDesktop API, reference build: profiles, authentication, and gateways to the agent and NeuronMCP."""
