@@ -38,7 +38,7 @@ ensure_secrets() {
     for name in patroni_superuser_password patroni_replication_password patroni_rewind_password \
                 patroni_restapi_password pgbouncer_auth_password pgbouncer_admin_password \
                 neurondb_app_db_password neurondesk_app_db_password neurondesktop_api_jwt_secret \
-                neurondesktop_api_admin_password \
+                neurondesktop_api_admin_password neuronmcp_auth_token \
                 pgbackrest_s3_key_secret pgbackrest_cipher_pass; do
       grep -q "^$name:" "$SECRETS" && continue
       echo "$name: \"$(head -c 48 /dev/urandom | base64 | tr -d '/+=' | head -c 40)\"" >> "$SECRETS"

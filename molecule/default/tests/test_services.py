@@ -185,10 +185,13 @@ def test_websockets_reach_the_api_and_the_agent(addresses, tls, api_token, agent
         assert any(marker in t for t in texts), f"{path}: no round trip, got {texts}"
 
 
-def test_mcp_event_stream_is_not_buffered(addresses, tls) -> None:
+def test_mcp_event_stream_is_not_buffered(addresses, tls, hostvars) -> None:
     """Server-sent events arrive one by one as the MCP sends them, not in one
     batch when a buffer fills or the stream ends."""
-    req = urllib.request.Request(f"https://{addresses['mol-lb1']}/mcp/mcp/stream")
+    req = urllib.request.Request(
+        f"https://{addresses['mol-lb1']}/mcp/mcp/stream",
+        headers={"Authorization": f"Bearer {hostvars['neuronmcp_auth_token']}"},
+    )
     started = time.monotonic()
     arrivals: list[float] = []
     with urllib.request.urlopen(req, context=tls, timeout=10) as response:

@@ -99,6 +99,7 @@ APP_SECRETS = {
     "neurondesk_app_db_password": "d" * 16,
     "neurondesktop_api_admin_password": "m" * 16,
     "neurondesktop_api_jwt_secret": "j" * 40,
+    "neuronmcp_auth_token": "t" * 30,
 }
 
 
