@@ -89,12 +89,13 @@ def serve(settings: agent_config.AgentConfig, log: logging.Logger) -> int:
             pool.close()
             return 1
     app = AgentApp(pool, Metrics(SERVICE, VERSION), log, settings.events)
+    # Before the port opens: a SIGTERM right after it must still end in a clean stop.
+    stop_on_signals(stop, log)
     try:
         http = HttpService(app.site(), settings.host, settings.port).start()
     except OSError as exc:
         log.error("cannot listen", extra=fields(address=f"{settings.host}:{settings.port}", error=exc.strerror))
         return 1
-    stop_on_signals(stop, log)
     log.info(
         "listening",
         extra=fields(address=f"{settings.host}:{settings.port}", db=settings.db.describe(), version=VERSION),

@@ -56,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot read or write the profiles", extra=fields(error=first_line(exc)))
         return 1
     app = DesktopApp(settings, pool, Metrics(SERVICE, VERSION), log)
+    stop = threading.Event()
+    # Before the port opens: a SIGTERM right after it must still end in a clean stop.
+    stop_on_signals(stop, log)
     try:
         http = HttpService(app.site(), settings.host, settings.port)
     except OSError as exc:
         log.error("cannot listen", extra=fields(address=f"{settings.host}:{settings.port}", error=exc.strerror))
         return 1
-    stop = threading.Event()
-    stop_on_signals(stop, log)
     try:
         app.start_children()
     except (PoolTimeout, psycopg.Error) as exc:

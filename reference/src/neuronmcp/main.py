@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     db = Database(settings.db, log)
     protocol = Protocol(db)
     http = None
+    # Before the port opens: a SIGTERM right after it must still end in a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if settings.http_enabled:
         transport = McpHttp(settings, protocol, Metrics("neuronmcp", VERSION), log)
         try:
@@ -48,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             "HTTP transport listening",
             extra=fields(address=f"{settings.http_host}:{settings.http_port}", auth=not settings.auth_disabled),
         )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("serving MCP on stdio", extra=fields(db=settings.db.describe(), version=VERSION))
     try:
         serve_stdio(protocol)
