@@ -337,7 +337,8 @@ class Follower:
         return EXIT_DONE
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the role's switchover_follow_argv (vars/main.yml) builds it."""
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--socket", required=True, help="HAProxy runtime API socket")
     p.add_argument("--backend", required=True)
@@ -354,7 +355,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="only check that everything needed works")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between reads of HAProxy")
     p.add_argument("--probe-interval", type=float, default=0.2, help="seconds between calls to Patroni")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None, connect: Callable[[str], Pooler] = Console) -> int:
