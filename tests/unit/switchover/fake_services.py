@@ -152,7 +152,7 @@ class FakeHAProxy:
 
     def sets(self) -> t.List[str]:
         """The `set server` commands received, in order."""
-        return [c for _, c in self.commands if c.startswith("set server")]
+        return [c for _at, c in self.commands if c.startswith("set server")]
 
     def state_text(self, backend: str) -> str:
         # Columns after the admin state as a healthy server shows them.
@@ -171,7 +171,7 @@ class FakeHAProxy:
                 return f"Can't find backend '{words[3]}'.\n"
             return self.state_text(words[3])
         if len(words) == 5 and words[:2] == ["set", "server"] and words[3] == "health":
-            backend, _, name = words[2].partition("/")
+            backend, _slash, name = words[2].partition("/")
             with self.lock:
                 if backend != self.backend or name not in self.servers:
                     return "No such server.\n"
@@ -182,7 +182,7 @@ class FakeHAProxy:
     def _serve(self) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _peer = self.sock.accept()
             except OSError:
                 return
             with conn:
@@ -326,7 +326,7 @@ class FakePgBouncer:
     def _accept(self) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _peer = self.sock.accept()
             except OSError:
                 return
             self.conns.append(conn)

@@ -335,9 +335,9 @@ def test_force_tells_haproxy_once_patroni_confirms() -> None:
     console = Console(clock)
     scene = Scene(clock, lock_at=1.0, promoted_at=2.0, force=True, console=console)
     assert scene.run() == follower.EXIT_DONE
-    assert [(name, health) for _, name, health in scene.sets] == [("db2", "up"), ("db1", "down")]
+    assert [(name, health) for _at, name, health in scene.sets] == [("db2", "up"), ("db1", "down")]
     confirmed = scene.out["patroni_confirmed_at"] - scene.start
-    assert all(at >= confirmed - 0.001 for at, _, _ in scene.sets)
+    assert all(at >= confirmed - 0.001 for at, _name, _health in scene.sets)
     assert scene.out["forced"] == ["db2 up", "db1 down"]
     assert console.resumes[0] - scene.start < confirmed + 0.1
 
@@ -491,7 +491,7 @@ def haproxy(short_dir: str) -> t.Iterator[FakeHAProxy]:
 
 @pytest.fixture
 def patroni(pki: t.Tuple[str, str, str]) -> t.Iterator[t.Dict[str, FakePatroni]]:
-    _, cert, key = pki
+    cert, key = pki[1], pki[2]
     members = {"db1": FakePatroni(cert, key, role="primary"), "db2": FakePatroni(cert, key)}
     yield members
     for member in members.values():
@@ -540,7 +540,7 @@ def test_check_mode_passes_and_changes_nothing(
     assert code == follower.EXIT_DONE, out
     assert out["problems"] == []
     assert set(out["servers"]) == {"db1", "db2", "db3"}
-    assert [q for _, q in pgbouncer.queries] == ["SHOW STATE"]
+    assert [q for _at, q in pgbouncer.queries] == ["SHOW STATE"]
     assert haproxy.sets() == []
     assert not patroni["db1"].calls and not patroni["db2"].calls
 
@@ -737,6 +737,6 @@ def test_patroni_is_verified_with_the_ca(
     assert follower.patroni_primary(patroni["db1"].url, right, 1.0) == (200, "primary", "running")
     patroni["db1"].demote()
     assert follower.patroni_primary(patroni["db1"].url, right, 1.0) == (503, "replica", "running")
-    other_ca, _, _ = make_pki(str(tmp_path))
+    other_ca = make_pki(str(tmp_path))[0]
     wrong = ssl.create_default_context(cafile=other_ca)
     assert follower.patroni_primary(patroni["db2"].url, wrong, 1.0) == (None, None, None)

@@ -145,7 +145,7 @@ def run_playbook(
 
 
 def changes(cluster: FakeCluster) -> t.List[t.Tuple[str, str]]:
-    return [(method, path) for _, method, path, _ in cluster.requests if method != "GET"]
+    return [(method, path) for _member, method, path, _body in cluster.requests if method != "GET"]
 
 
 def test_the_playbook_switches_over_and_reports(cluster: FakeCluster, ca_file: str, tmp_path: Path) -> None:
