@@ -650,6 +650,18 @@ def start_program(args: t.List[str]) -> subprocess.Popen[str]:
     )
 
 
+def wait_until_following(haproxy: FakeHAProxy, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Until the program reads HAProxy in its loop (its first read, then the loop's).
+
+    Its start-up takes a while on a loaded machine.
+    """
+    deadline = time.monotonic() + timeout
+    while len(haproxy.commands) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the follower did not start"
+        time.sleep(0.02)
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = 30) -> t.Tuple[int, t.Dict[str, t.Any]]:
     stdout, stderr = proc.communicate(timeout=timeout)
     assert stdout, stderr
@@ -664,9 +676,9 @@ def test_the_program_follows_a_switchover(
     short_dir: str,
 ) -> None:
     proc = start_program(argv(haproxy, patroni, pki[0], pgbouncer, short_dir, "--force"))
+    wait_until_following(haproxy, proc)
     # The role pauses PgBouncer, then Patroni moves the leader: the lock
     # first (200 while still promoting), the promotion a little later.
-    time.sleep(0.5)
     pgbouncer.paused = True
     time.sleep(0.3)
     patroni["db2"].take_lock()
@@ -701,14 +713,14 @@ def test_the_program_resumes_at_its_deadline_when_the_controller_is_lost(
     args = argv(haproxy, patroni, pki[0], pgbouncer, short_dir, "--force")
     args[args.index("--timeout") + 1] = "2"
     proc = start_program(args)
-    time.sleep(0.3)
+    wait_until_following(haproxy, proc)
     pgbouncer.paused = True  # ... and nothing more happens
-    started = time.time()
     code, out = finish(proc)
     assert code == follower.EXIT_FAILED
     assert not pgbouncer.paused
     assert out["resumed"] is True
-    assert 1.0 < time.time() - started < 6
+    # At its deadline, 2 s after its own start.
+    assert 2.0 <= out["resumed_at"] - out["started_at"] < 10
     assert haproxy.sets() == []  # no verdict, nothing forced
 
 
@@ -720,7 +732,7 @@ def test_the_program_stops_when_the_role_says_so(
     short_dir: str,
 ) -> None:
     proc = start_program(argv(haproxy, patroni, pki[0], pgbouncer, short_dir))
-    time.sleep(0.3)
+    wait_until_following(haproxy, proc)
     pgbouncer.paused = True
     threading.Timer(0.5, lambda: Path(short_dir, "stop").touch()).start()
     code, out = finish(proc)
