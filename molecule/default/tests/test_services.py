@@ -266,8 +266,9 @@ def test_preload_extension_rolls_with_no_failed_write(hostvars, connect, patroni
     )
     assert start.rc == 0, start.stderr
     try:
+        # The role's default (pgvector, NeuronDB's stand-in in the lab) and pg_cron.
         extensions = [
-            *hostvars.get("postgresql_extensions", []),
+            {"name": "vector", "package": "postgresql-17-pgvector", "databases": ["neurondb"]},
             {
                 "name": "pg_cron",
                 "deb": str(deb),
