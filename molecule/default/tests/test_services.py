@@ -235,7 +235,7 @@ def test_an_api_host_started_later_serves_the_stored_profile(addresses, tls, api
 # -- a preloaded extension added to the running cluster --------------------------------
 
 
-def test_preload_extension_rolls_with_no_failed_write(hostvars, connect, patroni_cluster) -> None:
+def test_preload_extension_rolls_with_no_failed_write(connect, patroni_cluster) -> None:
     """pg_cron (Debian's package, passed as a user's .deb would be) added to
     the running cluster: every member restarts, the primary only after a
     switchover, while the write probe counts failed and lost writes."""
