@@ -28,20 +28,24 @@ PG_ERRORS: t.Tuple[t.Type[BaseException], ...] = (psycopg.Error, OSError) if psy
 
 
 def postgres_argument_spec() -> t.Dict[str, t.Any]:
-    """Options documented in the ``neurondb.ha.postgres`` doc fragment."""
+    """Options documented in the ``neurondb.ha.postgres`` doc fragment.
+
+    community.postgresql's names; the db_* names of earlier releases are aliases.
+    """
     return dict(
-        db_host=dict(type="str"),
-        db_port=dict(type="int"),
-        db_user=dict(type="str", default="postgres"),
-        db_password=dict(type="str", no_log=True),
-        db_name=dict(type="str", default="postgres"),
-        db_sslmode=dict(
+        login_host=dict(type="str", aliases=["db_host"]),
+        port=dict(type="int", aliases=["db_port", "login_port"]),
+        login_user=dict(type="str", default="postgres", aliases=["db_user"]),
+        login_password=dict(type="str", no_log=True, aliases=["db_password"]),
+        login_db=dict(type="str", default="postgres", aliases=["db_name"]),
+        ssl_mode=dict(
             type="str",
             default="prefer",
             choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+            aliases=["db_sslmode"],
         ),
-        db_sslrootcert=dict(type="path"),
-        db_connect_timeout=dict(type="int", default=10),
+        ca_cert=dict(type="path", aliases=["db_sslrootcert"]),
+        connect_timeout=dict(type="int", default=10, aliases=["db_connect_timeout"]),
     )
 
 
@@ -55,16 +59,16 @@ def require_psycopg(module: t.Any, reason: str) -> None:
 def conninfo_from_params(
     params: t.Dict[str, t.Any], default_host: str | None = None, default_port: int | None = None
 ) -> t.Dict[str, t.Any]:
-    """libpq keyword arguments from the db_* options; the leader's address fills gaps."""
+    """libpq keyword arguments from the connection options; the leader's address fills gaps."""
     kwargs: t.Dict[str, t.Any] = {
-        "host": params.get("db_host") or default_host,
-        "port": params.get("db_port") or default_port or 5432,
-        "user": params.get("db_user"),
-        "password": params.get("db_password"),
-        "dbname": params.get("db_name"),
-        "sslmode": params.get("db_sslmode"),
-        "sslrootcert": params.get("db_sslrootcert"),
-        "connect_timeout": params.get("db_connect_timeout"),
+        "host": params.get("login_host") or default_host,
+        "port": params.get("port") or default_port or 5432,
+        "user": params.get("login_user"),
+        "password": params.get("login_password"),
+        "dbname": params.get("login_db"),
+        "sslmode": params.get("ssl_mode"),
+        "sslrootcert": params.get("ca_cert"),
+        "connect_timeout": params.get("connect_timeout"),
         "application_name": "neurondb.ha",
     }
     return {k: v for k, v in kwargs.items() if v is not None}

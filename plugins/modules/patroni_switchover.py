@@ -47,7 +47,8 @@ options:
     description:
       - Run C(CHECKPOINT) on the leader before the switchover, so that the old leader has less to write when it shuts
         down and the switchover is shorter.
-      - Connects with the C(db_*) options; needs a superuser or, from PostgreSQL 15, a role with C(pg_checkpoint).
+      - Connects with the PostgreSQL connection options (O(login_user), O(login_password), ...); needs a superuser or,
+        from PostgreSQL 15, a role with C(pg_checkpoint).
     type: bool
     default: false
   wait_timeout:
@@ -78,7 +79,8 @@ notes:
     C(Switchover status unknown) after about twice C(loop_wait) (at least 20 s). The HTTP timeout of that call is
     raised accordingly. On a 503, or when the answer is lost, the module watches C(/cluster) for up to
     O(wait_timeout) seconds rather than asking again.
-  - The C(db_*) options are only used with O(checkpoint=true).
+  - The PostgreSQL connection options (O(login_host), O(port), O(login_user), O(login_password), O(login_db),
+    O(ssl_mode), O(ca_cert), O(connect_timeout), and their C(db_*) aliases) are only used with O(checkpoint=true).
 seealso:
   - module: neurondb.ha.patroni_cluster_info
   - module: neurondb.ha.replication_lag
@@ -93,8 +95,8 @@ EXAMPLES = r"""
     ca_path: /etc/patroni/ca.pem
     candidate: db2
     checkpoint: true
-    db_user: postgres
-    db_password: "{{ vault_postgres_password }}"
+    login_user: postgres
+    login_password: "{{ vault_postgres_password }}"
   register: switchover
   run_once: true
   delegate_to: localhost

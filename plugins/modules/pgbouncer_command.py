@@ -44,16 +44,24 @@ options:
   login_host:
     description:
       - Host of PgBouncer, or the directory of its Unix socket.
+      - Defaults to V(127.0.0.1), where community.postgresql defaults to libpq's local socket - the module runs on
+        the PgBouncer host, where the C(pgbouncer) role listens on V(127.0.0.1), while PgBouncer's socket directory
+        (C(unix_socket_dir), V(/tmp) unless configured) is often not the one libpq looks in.
     type: str
     default: 127.0.0.1
-  login_port:
+  port:
     description:
       - Port PgBouncer listens on.
+      - Defaults to V(6432), PgBouncer's own default C(listen_port), not to PostgreSQL's V(5432) as in
+        community.postgresql.
     type: int
     default: 6432
+    aliases: [login_port]
   login_user:
     description:
       - User listed in PgBouncer's C(admin_users) (or C(stats_users) for C(SHOW)).
+      - Defaults to V(pgbouncer) rather than V(postgres), the user PgBouncer lets in without C(admin_users) when it
+        connects from the Unix socket as the same OS user.
     type: str
     default: pgbouncer
   login_password:
@@ -62,17 +70,19 @@ options:
     type: str
   ssl_mode:
     description:
-      - libpq C(sslmode) of the connection.
+      - libpq C(sslmode) of the connection - whether TLS is used and how PgBouncer's certificate is checked.
     type: str
     default: prefer
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
   ca_cert:
     description:
       - CA certificate to verify PgBouncer with O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
+      - A path on the host running the module, hence of type C(path) rather than C(str) as in community.postgresql.
     type: path
   connect_timeout:
     description:
-      - Seconds to wait for the connection.
+      - Seconds to wait for the connection (libpq C(connect_timeout)).
+      - community.postgresql has no such option (it takes libpq parameters in C(connect_params)).
     type: int
     default: 10
 extends_documentation_fragment:
@@ -176,7 +186,7 @@ def connect(p: t.Dict[str, t.Any]) -> t.Any:
         raise RuntimeError("psycopg is not installed")
     kwargs = dict(
         host=p["login_host"],
-        port=p["login_port"],
+        port=p["port"],
         user=p["login_user"],
         password=p["login_password"],
         dbname="pgbouncer",
@@ -216,7 +226,7 @@ def main() -> None:
             database=dict(type="str"),
             show=dict(type="str", choices=list(SHOW_ITEMS)),
             login_host=dict(type="str", default="127.0.0.1"),
-            login_port=dict(type="int", default=6432),
+            port=dict(type="int", default=6432, aliases=["login_port"]),
             login_user=dict(type="str", default="pgbouncer"),
             login_password=dict(type="str", no_log=True),
             ssl_mode=dict(
@@ -269,7 +279,7 @@ def main() -> None:
                 result["state"] = read_state(conn)
     except PG_ERRORS as exc:
         module.fail_json(
-            msg=f"PgBouncer at {p['login_host']}:{p['login_port']} ({query}): {exc}".strip(),
+            msg=f"PgBouncer at {p['login_host']}:{p['port']} ({query}): {exc}".strip(),
             **result,
         )
     module.exit_json(msg=f"ran {query}", **result)

@@ -35,7 +35,9 @@ options:
   use_pg_stat_replication:
     description:
       - Query C(pg_stat_replication) on the leader for the lag in seconds and bytes.
-      - Connection settings are the C(db_*) options; the leader's address comes from Patroni unless O(db_host) is set.
+      - Connection settings are O(login_user), O(login_password), O(login_db), O(ssl_mode), O(ca_cert) and
+        O(connect_timeout) (or their C(db_*) aliases); the leader's host and port come from Patroni unless
+        O(login_host) or O(port) is set.
       - The role needs C(pg_monitor) (or superuser) to see other sessions' replication figures.
     type: bool
     default: false
@@ -94,10 +96,10 @@ EXAMPLES = r"""
   neurondb.ha.replication_lag:
     api_url: [https://db1:8008, https://db2:8008, https://db3:8008]
     use_pg_stat_replication: true
-    db_user: monitor
-    db_password: "{{ vault_monitor_password }}"
-    db_sslmode: verify-full
-    db_sslrootcert: /etc/postgresql/ca.pem
+    login_user: monitor
+    login_password: "{{ vault_monitor_password }}"
+    ssl_mode: verify-full
+    ca_cert: /etc/postgresql/ca.pem
     max_lag_bytes: 1048576
     max_lag_seconds: 5
     wait_timeout: 300

@@ -246,6 +246,77 @@ def test_checkpoint_runs_before_switchover(
     assert order == ["checkpoint 127.0.0.1"] and fake_cluster.leader == "db2"
 
 
+# community.postgresql's option names, and the db_* names of earlier releases as aliases.
+NEW_CONNECTION_NAMES = {
+    "login_host": "/run/postgresql",
+    "port": 6000,
+    "login_user": "admin",
+    "login_password": "secret",
+    "login_db": "ops",
+    "ssl_mode": "verify-full",
+    "ca_cert": "/etc/postgresql/ca.pem",
+    "connect_timeout": 3,
+}
+OLD_CONNECTION_NAMES = {
+    "db_host": "/run/postgresql",
+    "db_port": 6000,
+    "db_user": "admin",
+    "db_password": "secret",
+    "db_name": "ops",
+    "db_sslmode": "verify-full",
+    "db_sslrootcert": "/etc/postgresql/ca.pem",
+    "db_connect_timeout": 3,
+}
+
+
+@pytest.mark.parametrize("connection", [NEW_CONNECTION_NAMES, OLD_CONNECTION_NAMES], ids=["names", "aliases"])
+def test_checkpoint_connection_options_and_aliases(
+    fake_cluster: FakeCluster,
+    args: t.Dict[str, t.Any],
+    run_module: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+    connection: t.Dict[str, t.Any],
+) -> None:
+    seen: t.List[t.Dict[str, t.Any]] = []
+    monkeypatch.setattr(patroni_switchover, "run_checkpoint", seen.append)
+    result, failed = run_module(patroni_switchover.main, {**args, **connection, "candidate": "db2", "checkpoint": True})
+    assert not failed, result["msg"]
+    assert seen == [
+        {
+            "host": "/run/postgresql",
+            "port": 6000,
+            "user": "admin",
+            "password": "secret",
+            "dbname": "ops",
+            "sslmode": "verify-full",
+            "sslrootcert": "/etc/postgresql/ca.pem",
+            "connect_timeout": 3,
+            "application_name": "neurondb.ha",
+        }
+    ]
+
+
+def test_checkpoint_connection_defaults(
+    fake_cluster: FakeCluster, args: t.Dict[str, t.Any], run_module: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: t.List[t.Dict[str, t.Any]] = []
+    monkeypatch.setattr(patroni_switchover, "run_checkpoint", seen.append)
+    result, failed = run_module(patroni_switchover.main, dict(args, candidate="db2", checkpoint=True, login_port=6001))
+    assert not failed, result["msg"]
+    # The leader's host from /cluster; login_port is community.postgresql's alias of port.
+    assert seen == [
+        {
+            "host": "127.0.0.1",
+            "port": 6001,
+            "user": "postgres",
+            "dbname": "postgres",
+            "sslmode": "prefer",
+            "connect_timeout": 10,
+            "application_name": "neurondb.ha",
+        }
+    ]
+
+
 def test_standby_leader_switchover_does_not_wait_for_new_timeline() -> None:
     cluster = parse_cluster(
         {

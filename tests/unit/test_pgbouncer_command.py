@@ -248,7 +248,7 @@ def test_connect_uses_simple_protocol_settings(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(psycopg, "connect", lambda **kw: seen.update(kw))
     params = {
         "login_host": "/run/pgbouncer",
-        "login_port": 6432,
+        "port": 6432,
         "login_user": "pgbouncer",
         "login_password": None,
         "ssl_mode": "disable",
@@ -259,3 +259,63 @@ def test_connect_uses_simple_protocol_settings(monkeypatch: pytest.MonkeyPatch) 
     assert seen["dbname"] == "pgbouncer" and seen["autocommit"] is True
     assert seen["cursor_factory"] is psycopg.ClientCursor and seen["prepare_threshold"] is None
     assert "password" not in seen and seen["host"] == "/run/pgbouncer"
+
+
+# community.postgresql's option names; login_port, the name port had before, is their alias too.
+@pytest.mark.parametrize("port_option", ["port", "login_port"])
+def test_connection_options_and_port_alias(
+    monkeypatch: pytest.MonkeyPatch, run_module: t.Any, port_option: str
+) -> None:
+    seen: t.Dict[str, t.Any] = {}
+    fake = FakeConsole()
+
+    def fake_connect(**kwargs: t.Any) -> FakeConsole:
+        seen.update(kwargs)
+        return fake
+
+    monkeypatch.setattr(psycopg, "connect", fake_connect)
+    args = {
+        "command": "show",
+        "show": "pools",
+        "login_host": "10.0.0.5",
+        port_option: 6543,
+        "login_user": "pgbouncer_admin",
+        "login_password": "pw",
+        "ssl_mode": "verify-ca",
+        "ca_cert": "/etc/pgbouncer/ca.pem",
+        "connect_timeout": 4,
+    }
+    result, failed = run_module(pgbouncer_command.main, args)
+    assert not failed and result["query"] == "SHOW POOLS"
+    assert {k: seen[k] for k in ("host", "port", "user", "password", "dbname", "sslmode", "sslrootcert")} == {
+        "host": "10.0.0.5",
+        "port": 6543,
+        "user": "pgbouncer_admin",
+        "password": "pw",
+        "dbname": "pgbouncer",
+        "sslmode": "verify-ca",
+        "sslrootcert": "/etc/pgbouncer/ca.pem",
+    }
+    assert seen["connect_timeout"] == 4
+
+    def refuse(query: str) -> None:
+        raise psycopg.Error("admin access needed")
+
+    fake.execute = refuse  # type: ignore[method-assign]
+    result, failed = run_module(pgbouncer_command.main, dict(args, command="reload"))
+    assert failed and result["msg"] == "PgBouncer at 10.0.0.5:6543 (RELOAD): admin access needed"
+
+
+def test_connection_defaults(monkeypatch: pytest.MonkeyPatch, run_module: t.Any) -> None:
+    seen: t.Dict[str, t.Any] = {}
+    monkeypatch.setattr(psycopg, "connect", lambda **kw: seen.update(kw) or FakeConsole())
+    result, failed = run_module(pgbouncer_command.main, {"command": "show", "show": "pools"})
+    assert not failed, result["msg"]
+    assert (seen["host"], seen["port"], seen["user"], seen["sslmode"], seen["connect_timeout"]) == (
+        "127.0.0.1",
+        6432,
+        "pgbouncer",
+        "prefer",
+        10,
+    )
+    assert "password" not in seen and "sslrootcert" not in seen

@@ -8,6 +8,8 @@ import threading
 import typing as t
 
 import pytest
+import yaml
+from ansible_collections.neurondb.ha.plugins.doc_fragments.postgres import ModuleDocFragment
 from ansible_collections.neurondb.ha.plugins.module_utils import postgres
 from ansible_collections.neurondb.ha.plugins.modules import replication_lag
 from fake_patroni import FakeCluster
@@ -152,6 +154,30 @@ def test_pg_stat_replication_figures_are_used(
     assert "pw" not in result["msg"]
 
 
+@pytest.mark.parametrize(
+    "address",
+    [{"login_host": "10.0.0.9", "port": 6000}, {"db_host": "10.0.0.9", "db_port": 6000}],
+    ids=["names", "aliases"],
+)
+def test_login_host_and_port_override_the_leader_address(
+    fake_cluster: FakeCluster,
+    api_args: t.Dict[str, t.Any],
+    run_module: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+    address: t.Dict[str, t.Any],
+) -> None:
+    seen: t.List[t.Dict[str, t.Any]] = []
+
+    def fake_query(conninfo: t.Dict[str, t.Any]) -> t.Dict[str, t.Dict[str, t.Any]]:
+        seen.append(conninfo)
+        return {}
+
+    monkeypatch.setattr(replication_lag, "query_replication", fake_query)
+    monkeypatch.setattr(replication_lag, "require_psycopg", lambda *a: None)
+    run_module(replication_lag.main, {**api_args, **address, "use_pg_stat_replication": True, "login_user": "monitor"})
+    assert [(c["host"], c["port"], c["user"]) for c in seen] == [("10.0.0.9", 6000, "monitor")]
+
+
 # -- pure parts --------------------------------------------------------------------------
 
 
@@ -172,14 +198,14 @@ def test_replication_row_null_lag_means_caught_up_only_without_bytes() -> None:
 
 def test_conninfo_defaults_to_leader_and_omits_unset() -> None:
     params = {
-        "db_host": None,
-        "db_port": None,
-        "db_user": "monitor",
-        "db_password": None,
-        "db_name": "postgres",
-        "db_sslmode": "verify-full",
-        "db_sslrootcert": None,
-        "db_connect_timeout": 5,
+        "login_host": None,
+        "port": None,
+        "login_user": "monitor",
+        "login_password": None,
+        "login_db": "postgres",
+        "ssl_mode": "verify-full",
+        "ca_cert": None,
+        "connect_timeout": 5,
     }
     kwargs = postgres.conninfo_from_params(params, "10.0.0.1", 5433)
     assert kwargs == {
@@ -192,7 +218,7 @@ def test_conninfo_defaults_to_leader_and_omits_unset() -> None:
         "application_name": "neurondb.ha",
     }
     assert postgres.describe_conninfo(kwargs) == "10.0.0.1:5433/postgres as monitor"
-    override = postgres.conninfo_from_params(dict(params, db_host="/run/postgresql", db_port=6000), "10.0.0.1", 5433)
+    override = postgres.conninfo_from_params(dict(params, login_host="/run/postgresql", port=6000), "10.0.0.1", 5433)
     assert (override["host"], override["port"]) == ("/run/postgresql", 6000)
 
 
@@ -207,3 +233,22 @@ def test_missing_member_in_pg_stat_replication_fails_seconds_check() -> None:
     replicas, problems = replication_lag.evaluate(cluster, {}, max_lag_bytes=10, max_lag_seconds=1.0, min_replicas=1)
     assert replicas[0]["lag_source"] == "patroni"
     assert problems == ["db2: replay lag in seconds unknown (not in the leader's pg_stat_replication)"]
+
+
+def test_doc_fragment_matches_argument_spec() -> None:
+    """Names, aliases, types, defaults and choices; validate-modules checks the same for each module."""
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    spec = postgres.postgres_argument_spec()
+    assert list(documented) == list(spec)
+    for name, option in spec.items():
+        doc = documented[name]
+        assert (doc["type"], doc.get("default"), doc.get("choices")) == (
+            option["type"],
+            option.get("default"),
+            option.get("choices"),
+        ), name
+        assert sorted(doc.get("aliases", [])) == sorted(option.get("aliases", [])), name
+    # Every db_* name of earlier releases is still accepted.
+    aliases = {a for option in spec.values() for a in option.get("aliases", [])}
+    old = {"db_host", "db_port", "db_user", "db_password", "db_name", "db_sslmode", "db_sslrootcert"}
+    assert old | {"db_connect_timeout"} <= aliases
