@@ -6,14 +6,13 @@ must fail, name the offending variable or group, and no later play may start.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from playbook_run import run_playbook
 
 REPO = Path(__file__).resolve().parents[3]
 SECRETS = {
@@ -48,18 +47,7 @@ def inventory(
 
 
 def run_site(tmp_path: Path, inv: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(inv))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_GATHERING="explicit")
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(path), str(REPO / "playbooks/site.yml")],
-        cwd=REPO,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_playbook(tmp_path, inv, REPO / "playbooks/site.yml", ANSIBLE_GATHERING="explicit")
 
 
 @pytest.mark.parametrize(

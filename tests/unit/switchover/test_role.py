@@ -14,9 +14,7 @@ nothing-to-do case that must let the caller go on, and the refusals.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import typing as t
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import yaml
 from fake_patroni import FakeCluster
 from fake_services import load_follower, make_pki
+from playbook_run import run_playbook
 
 REPO = Path(__file__).resolve().parents[3]
 ROLE = REPO / "roles" / "switchover"
@@ -125,23 +124,6 @@ def inventory(cluster: FakeCluster, ca_file: str, **extra: t.Any) -> t.Dict[str,
             },
         }
     }
-
-
-def run_playbook(
-    tmp_path: Path, inv: t.Dict[str, t.Any], playbook: Path, *args: str
-) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(inv))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(path), str(playbook), *args],
-        cwd=REPO,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def changes(cluster: FakeCluster) -> t.List[t.Tuple[str, str]]:
