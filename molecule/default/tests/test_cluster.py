@@ -92,7 +92,9 @@ def test_etcd_leader_moves_off_a_new_primary(host, patroni_cluster) -> None:
     the etcd leadership away from it: losing the primary's host then costs no
     etcd election on top of the leader key's ttl."""
     state = wait_for(lambda: streaming_cluster(patroni_cluster()), REPLICAS_STREAMING_TIMEOUT, "a healthy cluster")
-    candidate = state["replicas"][0]
+    # With synchronous_mode on, Patroni switches over only to a synchronous
+    # standby (it refuses any other candidate).
+    candidate = next((r for r in state["replicas"] if r["role"] == "sync_standby"), state["replicas"][0])
     members = etcd_members(host)
     target = members[candidate["host"]]["header"]["member_id"]
     leader_id = next(iter(members.values()))["leader"]
