@@ -25,12 +25,13 @@ command -v debootstrap >/dev/null || {
 
 # Installed in the image: what every host needs before Ansible can manage it.
 BASE_PACKAGES=python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,iputils-ping,procps,ca-certificates,curl,sudo,acl,locales,less,nftables,gnupg
-# Only downloaded into the apt cache: the roles install these themselves, so the
-# install path is exercised, but from a local cache (fast and offline-tolerant).
+# Only downloaded into the apt cache: the roles install these themselves (and
+# the ssh scenario's prepare, openssh-server), so the install path is
+# exercised, but from a local cache (fast and offline-tolerant).
 CACHED_PACKAGES="postgresql-17 postgresql-17-pgvector postgresql-client-17 patroni python3-psycopg2 python3-psycopg \
 etcd-server etcd-client haproxy pgbouncer nginx pgbackrest python3-boto3 python3-moto \
 prometheus-postgres-exporter python3-cryptography postgresql-contrib \
-nodejs postgresql-17-cron"
+nodejs postgresql-17-cron openssh-server"
 
 ROOT="$(mktemp -d /var/tmp/neurondb-lab-rootfs.XXXXXX)"
 trap 'rm -rf --one-file-system "$ROOT"' EXIT
